@@ -1,0 +1,1 @@
+"""Geometry, wire format, bit packing, errors: the pieces every layer shares."""
