@@ -1,0 +1,70 @@
+"""Validated settings of one acquisition and one file capture.
+
+The engine refuses a setting it cannot honour with a :class:`ConfigError` that says why;
+the IOC shows that text on its status PV and leaves the old value in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pimega.core.errors import ConfigError
+from pimega.core.geometry import MAX_FRAME_RATE_HZ, check_bit_depth
+from pimega.pipeline.correct import Corrections
+
+Compression = Literal["none", "bslz4"]
+
+
+@dataclass(frozen=True)
+class AcquireSettings:
+    """What the detector is asked to do: ``n_images`` 0 means until stopped (Continuous)."""
+
+    bit_depth: int = 12
+    n_images: int = 1
+    acquire_time_s: float = 0.0005
+    acquire_period_s: float = 0.0005
+    corrections: Corrections = field(default_factory=Corrections)
+    preview_interval_s: float = 0.1
+    stats_interval_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_bit_depth(self.bit_depth)
+        if self.n_images < 0:
+            raise ConfigError(f"number of images must be ≥ 0 (0: until stopped), got {self.n_images}")
+        if self.acquire_time_s <= 0:
+            raise ConfigError(f"acquire time must be > 0 s, got {self.acquire_time_s}")
+        if self.acquire_period_s < self.acquire_time_s:
+            raise ConfigError(
+                f"acquire period {self.acquire_period_s} s is shorter than the acquire time "
+                f"{self.acquire_time_s} s"
+            )
+        if self.frame_rate_hz > self.max_frame_rate_hz * (1 + 1e-9):
+            raise ConfigError(
+                f"{self.frame_rate_hz:.0f} frames/s exceeds the {self.max_frame_rate_hz:.0f} "
+                f"frames/s of {self.bit_depth}-bit read-out"
+            )
+
+    @property
+    def max_frame_rate_hz(self) -> float:
+        return MAX_FRAME_RATE_HZ[self.bit_depth]
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return 1.0 / self.acquire_period_s
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """One HDF5 file: its full name, how many frames (0: until stopped), compression."""
+
+    filename: str
+    num_capture: int = 0
+    compression: Compression = "none"
+    lazy_open: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_capture < 0:
+            raise ConfigError(f"number to capture must be ≥ 0, got {self.num_capture}")
+        if self.compression not in ("none", "bslz4"):
+            raise ConfigError(f"compression {self.compression!r} is not one of none, bslz4")

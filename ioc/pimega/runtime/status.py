@@ -1,0 +1,57 @@
+"""Snapshots the engine hands out: plain data, safe to read from any thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class DetectorState(StrEnum):
+    """The subset of ADBase ``DetectorState_RBV`` strings the engine reaches."""
+
+    IDLE = "Idle"
+    ACQUIRE = "Acquire"
+    ABORTED = "Aborted"
+    ERROR = "Error"
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """One pipeline stage: frames through it, mean time a frame, queue fill, frames lost."""
+
+    name: str
+    running: bool
+    frames: int
+    time_per_frame_ms: float
+    queue_depth: int
+    queue_size: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class CaptureStatus:
+    active: bool = False
+    filename: str = ""
+    num_captured: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    state: DetectorState
+    message: str
+    backend: str
+    bit_depth: int
+    frames_received: int
+    frames_processed: int
+    frames_written: int
+    frames_dropped: int
+    corrupt_frames: int
+    frame_rate_hz: float
+    throughput_gbps: float
+    unique_id: int
+    modules: list[dict] = field(default_factory=list)
+    stages: list[StageStatus] = field(default_factory=list)
+    capture: CaptureStatus = CaptureStatus()
+    buffer_used: int = 0
+    buffer_size: int = 0
