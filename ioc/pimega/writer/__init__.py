@@ -1,0 +1,1 @@
+"""Files: areaDetector NDFile naming, the SWMR HDF5/NeXus writer, bitshuffle-LZ4 chunks."""
