@@ -35,7 +35,7 @@ from pimega.ingest.tcp import FrameExpectation, TcpListener, receive
 from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.correct import apply_corrections, output_dtype
 from pimega.pipeline.kernels import warm_up
-from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
+from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, preview_factor, roi
 from pimega.writer.hdf5 import NexusMetadata, NexusWriter
 
 from .detector import DetectorControl
@@ -323,7 +323,8 @@ class Acquisition:
         return output_dtype(self.settings.bit_depth, self.settings.corrections)
 
     def status(self) -> Status:
-        counters = [c.snapshot() for c in self._counters]
+        counters = [c.snapshot() | {"ring_used": r.used, "ring_size": r.n_slots}
+                    for c, r in zip(self._counters, self._rings, strict=True)]
         received = min((c["frames"] for c in counters), default=0)
         nbytes = sum(c["bytes"] for c in counters)
         corrupt = sum(c["corrupt"] for c in counters)
@@ -483,27 +484,32 @@ class Acquisition:
 
     def _run_writer(self) -> None:
         writer: NexusWriter | None = None
+        opened = False
         while True:
             item = self._writer_q.get()
             if item is None:
                 break
             kind, *args = item
             if kind == "flush":
-                if writer is not None:
+                if writer is not None and opened:
                     writer.flush()
                 args[0].set()
                 continue
             capture: _Capture = args[0]
             if kind == "open":
-                writer = self._close_writer(writer)
+                self._close_writer(writer)
                 writer = NexusWriter(
                     capture.settings.filename, self.layout.shape, self.image_dtype, args[1],
                     compression=capture.settings.compression,
                 )
-                if not capture.settings.lazy_open:
+                opened = not capture.settings.lazy_open
+                if opened:
                     writer = self._guard(capture, writer, writer.open)
             elif kind == "frame":
                 index, info = args[1], args[2]
+                if writer is not None and not opened:
+                    opened = True
+                    writer = self._guard(capture, writer, writer.open)
                 if writer is not None and not capture.done.is_set():
                     writer = self._write(capture, writer, index, info)
                 else:
@@ -522,15 +528,15 @@ class Acquisition:
         assert self._pool is not None
         t0 = time.perf_counter()
         image = self._pool.images[index]
-        writer = self._guard(capture, writer, lambda: writer.write(
+        written = self._guard(capture, writer, lambda: writer.write(
             image, info.frame_number, info.timestamp_ns, info.image_key))
-        if writer is not None:
+        if written is not None:
             self._timers["write"].add(time.perf_counter() - t0)
             self._written += 1
             capture.status = replace(capture.status, num_captured=writer.frames_written)
         else:
             self._write_failed += 1
-        return writer
+        return written
 
     def _guard(self, capture: _Capture, writer: NexusWriter,
                action: Callable[[], object]) -> NexusWriter | None:
@@ -547,6 +553,7 @@ class Acquisition:
             return None
 
     def _finish(self, capture: _Capture, writer: NexusWriter | None) -> None:
+        """Close the file of a capture that ended (NumCapture reached, or Capture=0)."""
         n = writer.frames_written if writer is not None else capture.status.num_captured
         self._close_writer(writer)
         capture.status = replace(capture.status, active=False, num_captured=n)
@@ -577,10 +584,3 @@ class Acquisition:
         log.error(message)
         self._set_state(DetectorState.ERROR, message)
 
-
-def preview_factor(shape: tuple[int, ...], max_pixels: int) -> int:
-    """Smallest integer binning that brings the image within ``max_pixels``."""
-    factor = 1
-    while (shape[0] // factor) * (shape[1] // factor) > max_pixels:
-        factor += 1
-    return factor

@@ -1,0 +1,65 @@
+"""The π-MEGA IOC: one root PVGroup over the engine, with ADCore's plugin prefixes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from caproto.server import PVGroup, SubGroup, pvproperty
+
+from pimega.runtime.engine import Acquisition
+
+from .cam import cam_group_class
+from .pipeline_group import PipelineGroup
+from .plugins import HDF5Group, ImageGroup, ROIGroup, StatsGroup
+
+log = logging.getLogger(__name__)
+
+#: Period of the status poll that refreshes counters and the preview.
+POLL_S = 0.05
+
+
+def ioc_class(n_modules: int) -> type[PVGroup]:
+    """The root group for ``n_modules`` modules (``cam1:M1:`` … ``cam1:Mn:``)."""
+
+    class PimegaIOC(PVGroup):
+        """π-MEGA back-end: ``cam1:``, ``image1:``, ``HDF1:``, ``Stats1:``, ``ROI1:``, ``Pipe:``."""
+
+        cam = SubGroup(cam_group_class(n_modules), prefix="cam1:")
+        image = SubGroup(ImageGroup, prefix="image1:")
+        hdf = SubGroup(HDF5Group, prefix="HDF1:")
+        stats = SubGroup(StatsGroup, prefix="Stats1:")
+        roi = SubGroup(ROIGroup, prefix="ROI1:")
+        pipe = SubGroup(PipelineGroup, prefix="Pipe:")
+
+        heartbeat = pvproperty(value=0, name="Heartbeat_RBV", record="longin", read_only=True,
+                               doc="Counts status polls: a live IOC keeps it moving")
+
+        def __init__(self, *args: Any, engine: Acquisition, **kwargs: Any) -> None:
+            self.engine_ = engine
+            super().__init__(*args, **kwargs)
+
+        @heartbeat.startup
+        async def heartbeat(self, instance, async_lib):
+            for group in (self.cam, self.image, self.hdf, self.stats, self.roi):
+                await group.startup()
+            await self.roi.publish_region()
+            while True:
+                try:
+                    await self.publish()
+                except Exception:  # a failed refresh must not end the poll loop
+                    log.exception("status refresh failed")
+                await instance.write(instance.value + 1)
+                await asyncio.sleep(POLL_S)
+
+        async def publish(self) -> None:
+            status = self.engine_.status()
+            await self.cam.publish_status(status)
+            await self.pipe.publish(status)
+            await self.image.publish_preview()
+            await self.stats.publish_stats(self.engine_.latest_stats(), status.unique_id)
+            if status.capture.active:
+                await self.hdf.publish_capture(status)
+
+    return PimegaIOC

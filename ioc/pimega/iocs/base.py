@@ -1,0 +1,51 @@
+"""What every π-MEGA PVGroup shares: the engine it drives and the array geometry it shows."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .catalog import DATA_TYPES
+from .factory import CatalogGroup
+
+if TYPE_CHECKING:
+    from pimega.runtime.engine import Acquisition
+
+
+def data_type_name(dtype: np.dtype) -> str:
+    """ADCore's DataType string of a numpy dtype (UInt16, Float32, ...)."""
+    return next(name for name in DATA_TYPES if name.lower() == np.dtype(dtype).name)
+
+
+class EngineGroup(CatalogGroup):
+    """A catalog group that finds the engine on the IOC's root group."""
+
+    @property
+    def engine(self) -> Acquisition:
+        group: Any = self
+        while getattr(group, "parent", None) is not None:
+            group = group.parent
+        return group.engine_
+
+    async def post_many(self, values: dict[str, Any]) -> None:
+        """Post each value that differs from what the PV holds (no needless monitors)."""
+        for name, value in values.items():
+            pv = self.pv(name)
+            current = pv.value
+            if hasattr(pv, "enum_strings") and isinstance(value, int):
+                current = pv.enum_strings.index(current)
+            if current != value:
+                await self.post(name, value)
+
+    async def post_array_geometry(self, shape: tuple[int, int], dtype: np.dtype) -> None:
+        """NDArrayBase geometry of the arrays this port outputs (primes file plugins)."""
+        height, width = shape
+        values: dict[str, Any] = {
+            "ArraySizeX_RBV": width, "ArraySizeY_RBV": height, "ArraySizeZ_RBV": 0,
+            "ArraySize0_RBV": width, "ArraySize1_RBV": height, "ArraySize2_RBV": 0,
+            "ArraySize_RBV": width * height * np.dtype(dtype).itemsize,
+            "NDimensions_RBV": 2, "DataType_RBV": data_type_name(dtype), "ColorMode_RBV": "Mono",
+            "ArraySize0": width, "ArraySize1": height,  # file plugins serve these too
+        }
+        await self.post_many({k: v for k, v in values.items() if self.prefix + k in self.pvdb})

@@ -1,0 +1,25 @@
+"""π-MEGA PVs beyond ADCore, in the catalog's terms. Names follow LNLS's ADPimega driver
+where it has the concept (CounterDepth, Backend_BufferUsed_RBV, ProcessedAcquisitionCounter_RBV,
+IOCStatusMessage_RBV); the rest follow its style."""
+
+from __future__ import annotations
+
+from .catalog import PVSpec, ai, longin, mbbo, stringin, text
+
+#: ADPimega's CounterDepth states, in its order, and the bit depth each one means.
+COUNTER_DEPTHS = ("1 bit", "12 bits", "6 bits", "24 bits")
+DEPTH_OF_STATE = dict(zip(COUNTER_DEPTHS, (1, 12, 6, 24), strict=True))
+
+PIMEGA_CAM: tuple[PVSpec, ...] = (
+    mbbo("CounterDepth", COUNTER_DEPTHS, "12 bits", doc="Medipix counter depth"),
+    ai("MaxFrameRate_RBV", precision=0, units="Hz",
+       doc="Read-out limit of the counter depth: 2000 Hz up to 12 bit, 1000 Hz at 24 bit"),
+    ai("FrameRate_RBV", precision=1, units="Hz", doc="Measured processed frames/s"),
+    ai("Throughput_RBV", precision=3, units="Gbit/s", doc="Measured receive throughput"),
+    longin("CorruptFrames_RBV", doc="Frames refused as corrupt (all modules)"),
+    longin("DroppedFrames_RBV", doc="Frames lost in any stage"),
+    ai("Backend_BufferUsed_RBV", precision=1, units="%", doc="Frame rings in use"),
+    longin("ProcessedAcquisitionCounter_RBV", doc="Acquisitions processed since start-up"),
+    stringin("Backend_RBV", "CPU", doc="Where the pipeline runs: CPU or GPU"),
+    text("IOCStatusMessage_RBV", 256, doc="Last message of the back-end"),
+)

@@ -1,0 +1,105 @@
+"""Shared fixtures: loopback-only Channel Access, and a real IOC subprocess per test module.
+
+The CA ports are chosen once per test run (free ports), and set in ``os.environ`` before
+any CA client library is imported, so that the IOC subprocesses and every client in this
+process (pyepics, the caproto client, ophyd, ophyd-async) meet on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        udp.bind(("127.0.0.1", port))  # CA uses the same number for TCP and UDP
+        return port
+
+
+def loopback_ca_environment() -> dict[str, str]:
+    server, repeater = free_port(), free_port()
+    return {
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+        "EPICS_CA_SERVER_PORT": str(server),
+        "EPICS_CAS_SERVER_PORT": str(server),
+        "EPICS_CA_REPEATER_PORT": str(repeater),
+        "EPICS_CAS_BEACON_PORT": str(repeater),
+        "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
+    }
+
+
+os.environ.update(loopback_ca_environment())
+
+
+@dataclass
+class RunningIOC:
+    prefix: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0) -> RunningIOC:
+    """Start ``pimega-ioc`` and wait until its heartbeat PV answers."""
+    from caproto.threading.client import Context
+
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pimega.cli.ioc", "--prefix", prefix, *extra],
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    )
+    ioc = RunningIOC(prefix, process, log_path)
+    context = Context()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"IOC exited with {process.returncode}:\n{ioc.log()}")
+            (pv,) = context.get_pvs(f"{prefix}Heartbeat_RBV", timeout=1.0)
+            try:
+                if pv.read(timeout=1.0).data[0] > 0:
+                    return ioc
+            except TimeoutError:
+                pass
+        raise RuntimeError(f"IOC did not answer within {timeout} s:\n{ioc.log()}")
+    except BaseException:
+        stop_ioc(ioc)
+        raise
+    finally:
+        context.disconnect()
+
+
+def stop_ioc(ioc: RunningIOC) -> None:
+    ioc.process.terminate()
+    try:
+        ioc.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        ioc.process.kill()
+        ioc.process.wait()
+
+
+@pytest.fixture(scope="module")
+def small_ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningIOC]:
+    """An IOC with the simulator, one module of 2x2 chips of 16 pixels (32x32 images)."""
+    directory = tmp_path_factory.mktemp("ioc")
+    ioc = start_ioc("PMTEST:", directory / "ioc.log", "--sim", "--chips", "2x2",
+                    "--chip-size", "16")
+    yield ioc
+    stop_ioc(ioc)
