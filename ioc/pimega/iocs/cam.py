@@ -146,8 +146,7 @@ class CamGroup(CamBase, EngineGroup):
         await self.post_many({"IOCStatusMessage_RBV": status.message[:255]})
         modules = [getattr(self, f"m{i + 1}") for i in range(len(status.modules))]
         for group, counters in zip(modules, status.modules, strict=True):
-            used = 100.0 * counters["ring_used"] / counters["ring_size"]
-            await group.publish(counters, self._acquisitions, used)
+            await group.publish(counters, self._acquisitions)
 
 
 def cam_group_class(n_modules: int) -> type[CamGroup]:

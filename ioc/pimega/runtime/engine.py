@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pimega.core.bitpack import dtype_for_depth
 from pimega.core.errors import ConfigError, PimegaError, WriterError
 from pimega.core.geometry import ArrayLayout
 from pimega.core.wire import FrameHeader
@@ -378,7 +379,7 @@ class Acquisition:
         dtype = output_dtype(settings.bit_depth, settings.corrections)
         if self._pool is None or not self._pool.fits(shape, dtype):
             self._pool = ImagePool(self._image_buffers, shape, dtype)
-        raw_dtype = output_dtype(settings.bit_depth, type(settings.corrections)())
+        raw_dtype = dtype_for_depth(settings.bit_depth)
         corrected = dtype != raw_dtype or settings.corrections.bad_pixel_mask is not None
         self._raw = np.empty(shape, raw_dtype) if corrected else None
 
@@ -412,6 +413,8 @@ class Acquisition:
         payload_size = module.payload_size(settings.bit_depth)
         h, w = module.shape
         origins = [self.layout.module_origin(m) for m in range(self.layout.n_modules)]
+        tile = (np.empty(module.shape, dtype_for_depth(settings.bit_depth))
+                if self.layout.n_modules > 1 else None)
         corrections = settings.corrections
         last_preview = last_stats = 0.0
         timers = self._timers
@@ -430,8 +433,11 @@ class Acquisition:
                 target = image if self._raw is None else self._raw
                 for (slot, _), ring, (y0, x0) in zip(heads, self._rings, origins, strict=True):
                     payload = ring.slots[slot, :payload_size].reshape(1, payload_size)
-                    decode_assemble(payload, one_module, settings.bit_depth,
-                                    out=target[y0 : y0 + h, x0 : x0 + w])
+                    if tile is None:  # one module: straight into the image
+                        decode_assemble(payload, one_module, settings.bit_depth, out=target)
+                    else:  # the kernel writes contiguous images: assemble, then place
+                        decode_assemble(payload, one_module, settings.bit_depth, out=tile)
+                        target[y0 : y0 + h, x0 : x0 + w] = tile
                     ring.release(slot)
                 t1 = time.perf_counter()
                 timers["decode"].add(t1 - t0)
