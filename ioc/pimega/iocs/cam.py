@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 from caproto.server import SubGroup
-from caproto.server.server import SkipWrite
 
 from pimega import __version__
 from pimega.core.errors import ConfigError, PimegaError
@@ -95,9 +94,9 @@ class CamGroup(CamBase, EngineGroup):
         engine = self.engine
         if value in (0, "Done"):
             engine.stop()
-            return SkipWrite
+            return 0
         if engine.acquiring:
-            return SkipWrite
+            return 1  # already running: this put changes nothing
         mode = self.pv("ImageMode").value
         n_images = {"Single": 1, "Multiple": self.pv("NumImages").value, "Continuous": 0}[mode]
         try:
@@ -121,7 +120,7 @@ class CamGroup(CamBase, EngineGroup):
         await self.post_many({"DetectorState_RBV": str(status.state),
                               "StatusMessage_RBV": status.message[:255]})
         await self.post("Acquire", 0)
-        return SkipWrite
+        return 0
 
     async def publish_progress(self, status: Status) -> None:
         """Counters that move while frames arrive."""

@@ -30,7 +30,7 @@ property recurses forever in caproto 1.3)::
             await self.post("Acquire", value)   # Acquire and Acquire_RBV now read 1
             ...                                 # the put-callback completes on return
             await self.post("Acquire", 0)
-            return SkipWrite                    # already posted
+            return 0                            # the value committed last
 """
 
 from __future__ import annotations

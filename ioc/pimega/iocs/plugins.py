@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import numpy as np
-from caproto.server.server import SkipWrite
 
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.pipeline.stats import Stats
@@ -113,9 +112,9 @@ class HDF5Group(HDF5Base, PluginGroup):
         engine = self.engine
         if value in (0, "Done"):
             engine.stop_capture()
-            return SkipWrite
+            return 0
         if self.pv("Capture_RBV").value == "Capturing":
-            return SkipWrite
+            return 1  # already running: this put changes nothing
         try:
             settings = self._capture_settings()
             engine.start_capture(settings)
@@ -138,7 +137,7 @@ class HDF5Group(HDF5Base, PluginGroup):
                                   "WriteStatus": "Write error"})
         await self.post_many({"SWMRActive_RBV": "Off"})
         await self.post("Capture", 0)
-        return SkipWrite
+        return 0
 
     def _capture_settings(self) -> CaptureSettings:
         path = self.pv("FilePath").value
