@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -45,12 +46,16 @@ def loopback_ca_environment() -> dict[str, str]:
 
 os.environ.update(loopback_ca_environment())
 
+# ophyd loads pyepics through epicscorelibs' libca; do it first, as ophyd would
+import epicscorelibs.path.pyepics  # noqa: E402, F401
+
 
 @dataclass
 class RunningIOC:
     prefix: str
     process: subprocess.Popen
     log_path: Path
+    log_file: IO[str]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -60,12 +65,12 @@ def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0) -
     """Start ``pimega-ioc`` and wait until its heartbeat PV answers."""
     from caproto.threading.client import Context
 
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_ioc
     process = subprocess.Popen(
         [sys.executable, "-m", "pimega.cli.ioc", "--prefix", prefix, *extra],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
     )
-    ioc = RunningIOC(prefix, process, log_path)
+    ioc = RunningIOC(prefix, process, log_path, log)
     context = Context()
     deadline = time.monotonic() + timeout
     try:
@@ -93,6 +98,7 @@ def stop_ioc(ioc: RunningIOC) -> None:
     except subprocess.TimeoutExpired:
         ioc.process.kill()
         ioc.process.wait()
+    ioc.log_file.close()
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +109,14 @@ def small_ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningIOC]:
                     "--chip-size", "16")
     yield ioc
     stop_ioc(ioc)
+
+
+@pytest.fixture(scope="session")
+def RE():  # noqa: N802 - the name every Bluesky user knows
+    """One RunEngine for the session: its event loop outlives every CA channel."""
+    from bluesky import RunEngine
+
+    engine = RunEngine({}, call_returns_result=True)
+    yield engine
+    if engine.state != "idle":
+        engine.halt()

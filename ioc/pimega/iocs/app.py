@@ -44,7 +44,6 @@ def ioc_class(n_modules: int) -> type[PVGroup]:
         async def heartbeat(self, instance, async_lib):
             for group in (self.cam, self.image, self.hdf, self.stats, self.roi):
                 await group.startup()
-            await self.roi.publish_region()
             while True:
                 try:
                     await self.publish()
@@ -54,11 +53,15 @@ def ioc_class(n_modules: int) -> type[PVGroup]:
                 await asyncio.sleep(POLL_S)
 
         async def publish(self) -> None:
-            status = self.engine_.status()
+            engine = self.engine_
+            status = engine.status()
+            await self.hdf.post_array_geometry(engine.image_shape, engine.image_dtype)
+            await self.stats.post_array_geometry(await self.roi.publish_region(),
+                                                 engine.image_dtype)
             await self.cam.publish_status(status)
             await self.pipe.publish(status)
             await self.image.publish_preview()
-            await self.stats.publish_stats(self.engine_.latest_stats(), status.unique_id)
+            await self.stats.publish_stats(engine.latest_stats(), status.unique_id)
             if status.capture.active:
                 await self.hdf.publish_capture(status)
 

@@ -13,6 +13,15 @@ if TYPE_CHECKING:
     from pimega.runtime.engine import Acquisition
 
 
+_ASCII = str.maketrans({"≥": ">=", "≤": "<=", "²": "^2", "×": "x", "µ": "u", "π": "pi",
+                        "…": "...", "—": "-", "–": "-", "→": "->"})
+
+
+def ascii_text(text: str, limit: int = 255) -> str:
+    """A message fit for a CA string/CHAR PV: ASCII (clients decode Latin-1), within NELM."""
+    return text.translate(_ASCII).encode("ascii", "replace").decode()[:limit]
+
+
 def data_type_name(dtype: np.dtype) -> str:
     """ADCore's DataType string of a numpy dtype (UInt16, Float32, ...)."""
     return next(name for name in DATA_TYPES if name.lower() == np.dtype(dtype).name)
@@ -28,6 +37,10 @@ class EngineGroup(CatalogGroup):
             group = group.parent
         return group.engine_
 
+    async def post(self, name: str, value: Any) -> None:
+        """As CatalogGroup.post, with text made safe for Channel Access."""
+        await super().post(name, ascii_text(value) if isinstance(value, str) else value)
+
     async def post_many(self, values: dict[str, Any]) -> None:
         """Post each value that differs from what the PV holds (no needless monitors)."""
         for name, value in values.items():
@@ -35,6 +48,8 @@ class EngineGroup(CatalogGroup):
             current = pv.value
             if hasattr(pv, "enum_strings") and isinstance(value, int):
                 current = pv.enum_strings.index(current)
+            elif isinstance(value, str):
+                value = ascii_text(value)
             if current != value:
                 await self.post(name, value)
 

@@ -54,7 +54,7 @@ class CamGroup(CamBase, EngineGroup):
                 case "SizeX" | "SizeY" | "MinX" | "MinY" | "BinX" | "BinY":
                     raise ConfigError(f"{name} is fixed by the module geometry")
         except PimegaError as exc:
-            await self.post("StatusMessage_RBV", str(exc)[:255])
+            await self.post("StatusMessage_RBV", str(exc))
             raise
         if name == "CounterDepth":
             await self.publish_settings()
@@ -103,7 +103,7 @@ class CamGroup(CamBase, EngineGroup):
             engine.configure(n_images=n_images)
             engine.start()
         except PimegaError as exc:
-            await self.post("StatusMessage_RBV", f"Acquire refused: {exc}"[:255])
+            await self.post("StatusMessage_RBV", f"Acquire refused: {exc}")
             raise
         self._counter_base = self.pv("ArrayCounter_RBV").value
         await self.post("Acquire", 1)
@@ -113,12 +113,12 @@ class CamGroup(CamBase, EngineGroup):
             await self.publish_progress(engine.status())
         if self.pv("WaitForPlugins").value == "Yes":
             await asyncio.get_running_loop().run_in_executor(None, engine.flush)
+        await self.parent.publish()  # every plugin shows the last frame before Acquire_RBV=0
         status = engine.status()
-        await self.publish_progress(status)
         self._acquisitions += 1
         await self.post("ProcessedAcquisitionCounter_RBV", self._acquisitions)
         await self.post_many({"DetectorState_RBV": str(status.state),
-                              "StatusMessage_RBV": status.message[:255]})
+                              "StatusMessage_RBV": status.message})
         await self.post("Acquire", 0)
         return 0
 
@@ -142,7 +142,7 @@ class CamGroup(CamBase, EngineGroup):
         await self.publish_progress(status)
         if status.state == "Error":
             await self.post_many({"DetectorState_RBV": "Error"})
-        await self.post_many({"IOCStatusMessage_RBV": status.message[:255]})
+        await self.post_many({"IOCStatusMessage_RBV": status.message})
         modules = [getattr(self, f"m{i + 1}") for i in range(len(status.modules))]
         for group, counters in zip(modules, status.modules, strict=True):
             await group.publish(counters, self._acquisitions)

@@ -30,5 +30,5 @@ class ModuleGroup(make_group("ModuleBase", MODULE_SPECS), EngineGroup):
             "IdleFrameCount_RBV": counters["dropped_idle"],
             "Backend_BufferUsed_RBV": 100.0 * counters["ring_used"] / counters["ring_size"],
             "Connected_RBV": int(counters["connected"]),
-            "LastError_RBV": counters["last_error"][:255],
+            "LastError_RBV": counters["last_error"],
         })

@@ -95,7 +95,7 @@ class HDF5Group(HDF5Base, PluginGroup):
                 case "NumCapture" if value < 0:
                     raise ConfigError(f"NumCapture must be ≥ 0, got {value}")
         except PimegaError as exc:
-            await self.post_many({"WriteMessage": str(exc)[:255], "WriteStatus": "Write error"})
+            await self.post_many({"WriteMessage": str(exc), "WriteStatus": "Write error"})
             raise
         return value
 
@@ -119,7 +119,7 @@ class HDF5Group(HDF5Base, PluginGroup):
             settings = self._capture_settings()
             engine.start_capture(settings)
         except PimegaError as exc:
-            await self.post_many({"WriteMessage": str(exc)[:255], "WriteStatus": "Write error"})
+            await self.post_many({"WriteMessage": str(exc), "WriteStatus": "Write error"})
             raise
         if self.pv("AutoIncrement").value == "Yes":
             await self.post("FileNumber", self.pv("FileNumber").value + 1)
@@ -133,7 +133,7 @@ class HDF5Group(HDF5Base, PluginGroup):
         status = engine.status()
         await self.publish_capture(status)
         if status.capture.error:
-            await self.post_many({"WriteMessage": status.capture.error[:255],
+            await self.post_many({"WriteMessage": status.capture.error,
                                   "WriteStatus": "Write error"})
         await self.post_many({"SWMRActive_RBV": "Off"})
         await self.post("Capture", 0)
@@ -205,7 +205,8 @@ class ROIGroup(ROIBase, PluginGroup):
             await self.publish_region()
         return value
 
-    async def publish_region(self) -> None:
+    async def publish_region(self) -> tuple[int, int]:
+        """Post the ROI's output geometry; returns its (height, width)."""
         engine = self.engine
         roi = engine.roi
         height, width = engine.image_shape
@@ -215,3 +216,4 @@ class ROIGroup(ROIBase, PluginGroup):
         await self.post_many({"MaxSizeX_RBV": width, "MaxSizeY_RBV": height,
                               "MaxX": width, "MaxY": height})
         await self.post_array_geometry((size_y, size_x), engine.image_dtype)
+        return size_y, size_x

@@ -1,0 +1,279 @@
+"""System tests: a real ``pimega-ioc --sim`` subprocess on loopback, driven by real CA clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import epics
+import h5py
+import numpy as np
+import pytest
+from caproto.threading.client import Context
+
+from pimega.core.geometry import ArrayLayout, ModuleGeometry
+from pimega.sim.patterns import counter_array_image
+
+LAYOUT = ArrayLayout(ModuleGeometry(2, 2, 16))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ioc(small_ioc):
+    return small_ioc
+
+
+@pytest.fixture
+def pv(ioc):
+    """``pv("cam1:Acquire")`` → a connected pyepics PV under the IOC's prefix."""
+    cache: dict[str, epics.PV] = {}
+
+    def get(suffix: str) -> epics.PV:
+        if suffix not in cache:
+            cache[suffix] = epics.PV(ioc.prefix + suffix, auto_monitor=False)
+            assert cache[suffix].wait_for_connection(timeout=10), f"{suffix} did not connect"
+        return cache[suffix]
+
+    return get
+
+
+def put(pv, suffix: str, value) -> None:
+    assert pv(suffix).put(value, wait=True, timeout=10) is not None, f"put {suffix} timed out"
+
+
+def text(pv, suffix: str) -> str:
+    return pv(suffix).get(as_string=True)
+
+
+def listed_pvs(prefix: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "pimega.cli.ioc", "--list-pvs", "--prefix", prefix,
+         "--chips", "2x2", "--chip-size", "16"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rows = []
+    for line in out.splitlines():
+        name, record, strings = line.split("\t")
+        rows.append((name, record, tuple(strings.split("|")) if strings else ()))
+    return rows
+
+
+def test_every_listed_pv_is_served_with_its_record_type_and_enum_strings(ioc):
+    rows = listed_pvs(ioc.prefix)
+    assert len(rows) > 800
+    context = Context()
+    try:
+        names = [name for name, _, _ in rows]
+        pvs = context.get_pvs(*names, *(f"{n}.RTYP" for n in names), timeout=10)
+        by_name = {p.name: p for p in pvs}
+        wrong = []
+        for name, record, strings in rows:
+            rtyp = by_name[f"{name}.RTYP"].read(timeout=10).data[0].decode()
+            if rtyp != record:
+                wrong.append(f"{name}: RTYP {rtyp} != {record}")
+            if strings:
+                served = tuple(by_name[name].read(data_type="control", timeout=10)
+                               .metadata.enum_strings)
+                served = tuple(s.decode() if isinstance(s, bytes) else s for s in served)
+                if served != strings:
+                    wrong.append(f"{name}: {served} != {strings}")
+        assert not wrong, "\n".join(wrong[:20])
+    finally:
+        context.disconnect()
+
+
+def capture_and_acquire(pv, tmp_path, name: str, mode: str, n: int) -> str:
+    """Start a Stream capture (put-callback left open), run Acquire with put-callback."""
+    put(pv, "HDF1:FilePath", str(tmp_path) + "/")
+    put(pv, "HDF1:FileName", name)
+    put(pv, "HDF1:FileWriteMode", "Stream")
+    put(pv, "HDF1:NumCapture", 0)
+    put(pv, "cam1:ImageMode", mode)
+    put(pv, "cam1:NumImages", n)
+    pv("HDF1:Capture").put(1, use_complete=True)
+    deadline = time.monotonic() + 10
+    while text(pv, "HDF1:Capture_RBV") != "Capturing":
+        assert time.monotonic() < deadline, "Capture_RBV never went to Capturing"
+        time.sleep(0.02)
+    return text(pv, "HDF1:FullFileName_RBV")
+
+
+def stop_capture(pv) -> None:
+    put(pv, "HDF1:Capture", 0)
+    deadline = time.monotonic() + 10
+    while not pv("HDF1:Capture").put_complete:
+        assert time.monotonic() < deadline, "Capture put-callback never completed"
+        time.sleep(0.02)
+
+
+def assert_file_frames(path: str, n: int) -> None:
+    with h5py.File(path, "r") as f:
+        data = f["/entry/data/data"]
+        assert data.shape == (n, *LAYOUT.shape)
+        for i in range(n):
+            np.testing.assert_array_equal(data[i], counter_array_image(LAYOUT, i, 12))
+
+
+def test_multiple_mode_acquire_returns_after_num_images_and_file_is_bit_exact(pv, tmp_path):
+    put(pv, "cam1:CounterDepth", "12 bits")
+    filename = capture_and_acquire(pv, tmp_path, "multi", "Multiple", 25)
+    assert filename == f"{tmp_path}/multi_000001.h5"  # FileNumber 1, then bumped
+    assert pv("HDF1:FileNumber_RBV").get() == 2
+    assert pv("cam1:Acquire").put(1, wait=True, timeout=30) is not None
+    assert pv("cam1:NumImagesCounter_RBV").get() == 25
+    assert text(pv, "cam1:Acquire_RBV") == "Done"
+    assert text(pv, "cam1:DetectorState_RBV") == "Idle"
+    assert pv("HDF1:NumCaptured_RBV").get() == 25
+    stop_capture(pv)
+    assert_file_frames(filename, 25)
+
+
+def test_single_mode_takes_one_frame(pv, tmp_path):
+    filename = capture_and_acquire(pv, tmp_path, "single", "Single", 99)
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    assert pv("cam1:NumImagesCounter_RBV").get() == 1
+    stop_capture(pv)
+    assert_file_frames(filename, 1)
+
+
+def test_acquire_rbv_goes_one_then_zero_for_a_single_frame(pv):
+    """ophyd's SingleTrigger completes on a 1 → 0 transition of Acquire_RBV."""
+    seen: list[int] = []
+    rbv = epics.PV(pv("cam1:Acquire_RBV").pvname, callback=lambda value, **_: seen.append(value))
+    assert rbv.wait_for_connection(timeout=10)
+    time.sleep(0.2)
+    put(pv, "cam1:ImageMode", "Single")
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    time.sleep(0.3)
+    rbv.disconnect()
+    assert seen[-2:] == [1, 0]
+
+
+def test_continuous_mode_runs_until_acquire_zero_and_abort_leaves_a_readable_file(pv, tmp_path):
+    put(pv, "cam1:AcquirePeriod", 0.01)
+    filename = capture_and_acquire(pv, tmp_path, "cont", "Continuous", 1)
+    acquire = pv("cam1:Acquire")
+    acquire.put(1, use_complete=True)
+    deadline = time.monotonic() + 20
+    while pv("HDF1:NumCaptured_RBV").get() < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not acquire.put_complete
+    put(pv, "cam1:Acquire", 0)
+    deadline = time.monotonic() + 10
+    while not acquire.put_complete:
+        assert time.monotonic() < deadline, "Acquire put-callback never completed"
+        time.sleep(0.02)
+    assert text(pv, "cam1:DetectorState_RBV") == "Aborted"
+    stop_capture(pv)
+    with h5py.File(filename, "r") as f:
+        n = f["/entry/data/data"].shape[0]
+    assert n >= 5
+    assert_file_frames(filename, n)
+    put(pv, "cam1:AcquirePeriod", 0.001)
+
+
+def test_preview_updates_at_its_rate_with_matching_sizes(pv, ioc):
+    put(pv, "image1:MinCallbackTime", 0.2)
+    put(pv, "cam1:ImageMode", "Continuous")
+    put(pv, "cam1:AcquirePeriod", 0.005)
+    updates: list[float] = []
+    data = epics.PV(ioc.prefix + "image1:ArrayData", auto_monitor=True,
+                    callback=lambda **_: updates.append(time.monotonic()))
+    assert data.wait_for_connection(timeout=10)
+    time.sleep(0.3)
+    updates.clear()
+    pv("cam1:Acquire").put(1, use_complete=True)
+    time.sleep(2.5)
+    put(pv, "cam1:Acquire", 0)
+    time.sleep(0.3)
+    image = data.get()
+    data.disconnect()
+    height, width = pv("image1:ArraySize1_RBV").get(), pv("image1:ArraySize0_RBV").get()
+    assert (height, width) == LAYOUT.shape
+    assert image.size >= height * width
+    intervals = np.diff(updates)
+    assert len(updates) >= 4, updates
+    assert intervals.min() >= 0.2 * 0.9, intervals  # never faster than MinCallbackTime
+    put(pv, "cam1:AcquirePeriod", 0.001)
+    put(pv, "image1:MinCallbackTime", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "value"),
+    [("cam1:AcquireTime", -1.0), ("cam1:AcquirePeriod", -0.5), ("cam1:NumImages", 0),
+     ("cam1:CounterDepth", 7), ("cam1:ImageMode", 9), ("HDF1:FilePath", "/does/not/exist/")],
+)
+def test_invalid_puts_are_refused_and_change_nothing(pv, suffix, value):
+    readback = suffix + "_RBV"
+    before = pv(readback).get(as_string=True)
+    pv(suffix).put(value, wait=True, timeout=10)
+    assert pv(readback).get(as_string=True) == before
+    assert pv(suffix).get(as_string=True) == before
+
+
+def test_refusals_explain_themselves(pv):
+    pv("cam1:NumImages").put(0, wait=True, timeout=10)
+    assert "NumImages must be" in text(pv, "cam1:StatusMessage_RBV")
+    put(pv, "HDF1:CreateDirectory", 0)
+    pv("HDF1:FilePath").put("/does/not/exist/", wait=True, timeout=10)
+    assert "does not exist" in text(pv, "HDF1:WriteMessage")
+    assert text(pv, "HDF1:WriteStatus") == "Write error"
+
+
+def test_counter_depth_sets_the_frame_rate_limit_and_data_type(pv):
+    put(pv, "cam1:CounterDepth", "24 bits")
+    assert pv("cam1:MaxFrameRate_RBV").get() == 1000
+    assert text(pv, "cam1:DataType_RBV") == "UInt32"
+    assert text(pv, "HDF1:DataType_RBV") == "UInt32"
+    put(pv, "cam1:CounterDepth", "12 bits")
+    assert pv("cam1:MaxFrameRate_RBV").get() == 2000
+    assert text(pv, "cam1:DataType_RBV") == "UInt16"
+
+
+def test_module_and_pipeline_status_pvs_follow_an_acquisition(pv):
+    put(pv, "cam1:ImageMode", "Multiple")
+    put(pv, "cam1:NumImages", 7)
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    assert pv("cam1:M1:RxFrameCount_RBV").get() == 7
+    assert pv("Pipe:FramesProcessed_RBV").get() == 7
+    assert pv("Pipe:Decode:Frames_RBV").get() == 7
+    assert pv("Pipe:Decode:TimePerFrame_RBV").get() > 0
+    assert text(pv, "Pipe:Backend_RBV") == "CPU"
+    assert text(pv, "cam1:M1:Connected_RBV") == "Yes"
+    assert pv("Stats1:Total_RBV").get() > 0
+
+
+def test_ophyd_async_connects_adcore_devices_without_mocks(ioc, RE):
+    from bluesky.run_engine import call_in_bluesky_event_loop
+    from ophyd_async.core import init_devices
+    from ophyd_async.epics import adcore
+
+    async def connect() -> None:
+        async with init_devices(connect=True, timeout=20):
+            driver = adcore.ADBaseIO(ioc.prefix + "cam1:")
+            hdf = adcore.NDFileHDF5IO(ioc.prefix + "HDF1:")
+            stats = adcore.NDStatsIO(ioc.prefix + "Stats1:")
+        assert await driver.array_size_x.get_value() == LAYOUT.shape[1]
+        assert await hdf.file_path_exists.get_value() in (True, False)
+        assert (await stats.total.get_value()) >= 0
+
+    call_in_bluesky_event_loop(connect(), timeout=60)
+
+
+def test_capture_put_callback_waits_for_num_capture(pv, tmp_path):
+    put(pv, "HDF1:FilePath", str(tmp_path) + "/")
+    put(pv, "HDF1:FileName", "numcap")
+    put(pv, "HDF1:NumCapture", 4)
+    put(pv, "HDF1:FileWriteMode", "Capture")
+    done = threading.Event()
+    capture = pv("HDF1:Capture")
+    capture.put(1, use_complete=True, callback=lambda **_: done.set())
+    put(pv, "cam1:ImageMode", "Multiple")
+    put(pv, "cam1:NumImages", 10)
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    assert done.wait(10), "Capture did not complete after NumCapture frames"
+    assert pv("HDF1:NumCaptured_RBV").get() == 4
+    assert_file_frames(text(pv, "HDF1:FullFileName_RBV"), 4)
