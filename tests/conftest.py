@@ -112,7 +112,7 @@ def small_ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningIOC]:
 
 
 @pytest.fixture(scope="session")
-def RE():  # noqa: N802 - the name every Bluesky user knows
+def RE():
     """One RunEngine for the session: its event loop outlives every CA channel."""
     from bluesky import RunEngine
 

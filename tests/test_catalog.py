@@ -307,14 +307,13 @@ def test_subclass_overrides_a_generated_putter() -> None:
     calls = []
 
     class Busy(base):
-        acquire = override(base.acquire)
-
-        @acquire.putter
-        async def acquire(self, instance, value):
+        async def _put_acquire(self, instance, value):
             calls.append(value)
             await self.post("Acquire", value)
             await self.post("Acquire", 0)
             return SkipWrite
+
+        acquire = override(base, "acquire", put=_put_acquire)
 
     busy_group, plain_group = Busy(prefix="B:"), base(prefix="P:")
 

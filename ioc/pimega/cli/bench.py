@@ -64,7 +64,8 @@ def bench_pipeline(module: ModuleGeometry, repeats: int) -> Iterator[Figure]:
         raw = rng.integers(0, 256, size=(1, module.payload_size(depth)), dtype=np.uint8)
         copy = np.empty_like(raw)
         out = np.empty(module.shape, dtype={12: np.uint16, 24: np.uint32}[depth])
-        pipeline = best_of(repeats, lambda r=raw, o=out, d=depth: decode_assemble(r, layout, d, out=o))
+        pipeline = best_of(
+            repeats, lambda r=raw, o=out, d=depth: decode_assemble(r, layout, d, out=o))
         memcpy = best_of(repeats, lambda r=raw, c=copy: np.copyto(c, r))
         yield Figure(f"pipeline_{depth}bit_ms_per_frame", 1e3 * pipeline, "ms", 1e3 * memcpy,
                      pipeline / memcpy)

@@ -98,7 +98,7 @@ pi-MEGA IOC  prefix {prefix}  image {shape[1]}x{shape[0]}  source: {source}
   caput {prefix}cam1:ImageMode Multiple; caput {prefix}cam1:NumImages 10
   caput {prefix}HDF1:FilePath /tmp/; caput {prefix}HDF1:Capture 1 &
   caput -c -w 30 {prefix}cam1:Acquire 1
-  screen: phoebus -resource opi/pimega_main.bob -settings opi/settings.ini (macros P={prefix} R=cam1:)
+  screen: phoebus -settings opi/settings.ini -resource "opi/pimega_main.bob?P={prefix}&R=cam1:"
 """, flush=True)
 
 

@@ -48,7 +48,7 @@ class FrameHeader:
     chips_y: int
     chip_size: int
     payload_size: int
-    flags: Flags = Flags(0)
+    flags: Flags = Flags(0)  # noqa: RUF009 - an immutable IntFlag value
     crc32: int = 0
     header_size: int = FIXED_SIZE
     image_key: ImageKey = ImageKey.PROJECTION

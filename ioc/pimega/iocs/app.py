@@ -10,7 +10,7 @@ from caproto.server import PVGroup, SubGroup, pvproperty
 
 from pimega.runtime.engine import Acquisition
 
-from .cam import cam_group_class
+from .cam import CamGroup, cam_group_class
 from .pipeline_group import PipelineGroup
 from .plugins import HDF5Group, ImageGroup, ROIGroup, StatsGroup
 
@@ -20,49 +20,55 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05
 
 
-def ioc_class(n_modules: int) -> type[PVGroup]:
+class PimegaIOC(PVGroup):
+    """π-MEGA back-end: ``cam1:``, ``image1:``, ``HDF1:``, ``Stats1:``, ``ROI1:``, ``Pipe:``.
+
+    ``cam1:`` depends on the number of modules: build the class with :func:`ioc_class`.
+    """
+
+    cam: CamGroup
+    image = SubGroup(ImageGroup, prefix="image1:")
+    hdf = SubGroup(HDF5Group, prefix="HDF1:")
+    stats = SubGroup(StatsGroup, prefix="Stats1:")
+    roi = SubGroup(ROIGroup, prefix="ROI1:")
+    pipe = SubGroup(PipelineGroup, prefix="Pipe:")
+
+    def __init__(self, *args: Any, engine: Acquisition, **kwargs: Any) -> None:
+        self.engine_ = engine
+        super().__init__(*args, **kwargs)
+
+    async def _poll(self, instance: Any, async_lib: Any) -> None:
+        """Post start-up values, then refresh every group from the engine, forever."""
+        for group in (self.cam, self.image, self.hdf, self.stats, self.roi):
+            await group.startup()
+        while True:
+            try:
+                await self.publish()
+            except Exception:  # a failed refresh must not end the poll loop
+                log.exception("status refresh failed")
+            await instance.write(instance.value + 1)
+            await asyncio.sleep(POLL_S)
+
+    heartbeat = pvproperty(
+        value=0, name="Heartbeat_RBV", record="longin", read_only=True,
+        startup=_poll,  # pyright: ignore[reportArgumentType] - caproto types self as PVGroup
+        doc="Counts status polls: a live IOC keeps it moving")
+
+    async def publish(self) -> None:
+        """Refresh every group from one engine status."""
+        engine = self.engine_
+        status = engine.status()
+        await self.hdf.post_array_geometry(engine.image_shape, engine.image_dtype)
+        await self.stats.post_array_geometry(await self.roi.publish_region(), engine.image_dtype)
+        await self.cam.publish_status(status)
+        await self.pipe.publish(status)
+        await self.image.publish_preview()
+        await self.stats.publish_stats(engine.latest_stats(), status.unique_id)
+        if status.capture.active:
+            await self.hdf.publish_capture(status)
+
+
+def ioc_class(n_modules: int) -> type[PimegaIOC]:
     """The root group for ``n_modules`` modules (``cam1:M1:`` … ``cam1:Mn:``)."""
-
-    class PimegaIOC(PVGroup):
-        """π-MEGA back-end: ``cam1:``, ``image1:``, ``HDF1:``, ``Stats1:``, ``ROI1:``, ``Pipe:``."""
-
-        cam = SubGroup(cam_group_class(n_modules), prefix="cam1:")
-        image = SubGroup(ImageGroup, prefix="image1:")
-        hdf = SubGroup(HDF5Group, prefix="HDF1:")
-        stats = SubGroup(StatsGroup, prefix="Stats1:")
-        roi = SubGroup(ROIGroup, prefix="ROI1:")
-        pipe = SubGroup(PipelineGroup, prefix="Pipe:")
-
-        heartbeat = pvproperty(value=0, name="Heartbeat_RBV", record="longin", read_only=True,
-                               doc="Counts status polls: a live IOC keeps it moving")
-
-        def __init__(self, *args: Any, engine: Acquisition, **kwargs: Any) -> None:
-            self.engine_ = engine
-            super().__init__(*args, **kwargs)
-
-        @heartbeat.startup
-        async def heartbeat(self, instance, async_lib):
-            for group in (self.cam, self.image, self.hdf, self.stats, self.roi):
-                await group.startup()
-            while True:
-                try:
-                    await self.publish()
-                except Exception:  # a failed refresh must not end the poll loop
-                    log.exception("status refresh failed")
-                await instance.write(instance.value + 1)
-                await asyncio.sleep(POLL_S)
-
-        async def publish(self) -> None:
-            engine = self.engine_
-            status = engine.status()
-            await self.hdf.post_array_geometry(engine.image_shape, engine.image_dtype)
-            await self.stats.post_array_geometry(await self.roi.publish_region(),
-                                                 engine.image_dtype)
-            await self.cam.publish_status(status)
-            await self.pipe.publish(status)
-            await self.image.publish_preview()
-            await self.stats.publish_stats(engine.latest_stats(), status.unique_id)
-            if status.capture.active:
-                await self.hdf.publish_capture(status)
-
-    return PimegaIOC
+    cam = SubGroup(cam_group_class(n_modules), prefix="cam1:")
+    return type(f"Pimega{n_modules}IOC", (PimegaIOC,), {"cam": cam})

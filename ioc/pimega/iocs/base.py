@@ -31,11 +31,16 @@ class EngineGroup(CatalogGroup):
     """A catalog group that finds the engine on the IOC's root group."""
 
     @property
-    def engine(self) -> Acquisition:
+    def root(self) -> Any:
+        """The IOC's root group (it holds the engine and publishes everything)."""
         group: Any = self
         while getattr(group, "parent", None) is not None:
             group = group.parent
-        return group.engine_
+        return group
+
+    @property
+    def engine(self) -> Acquisition:
+        return self.root.engine_
 
     async def post(self, name: str, value: Any) -> None:
         """As CatalogGroup.post, with text made safe for Channel Access."""
@@ -46,8 +51,9 @@ class EngineGroup(CatalogGroup):
         for name, value in values.items():
             pv = self.pv(name)
             current = pv.value
-            if hasattr(pv, "enum_strings") and isinstance(value, int):
-                current = pv.enum_strings.index(current)
+            strings = getattr(pv, "enum_strings", None)
+            if strings is not None and isinstance(value, int):
+                current = strings.index(current)
             elif isinstance(value, str):
                 value = ascii_text(value)
             if current != value:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from caproto import SkipWrite
 from caproto.server import SubGroup
 
 from pimega import __version__
@@ -28,7 +29,7 @@ CamBase = make_group("CamBase", *CAM_STACK, PIMEGA_CAM)
 ACQUIRE_POLL_S = 0.01
 
 
-class CamGroup(CamBase, EngineGroup):
+class CamGroup(EngineGroup, CamBase):
     """The detector driver: settings go to the engine, Acquire runs it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -87,16 +88,13 @@ class CamGroup(CamBase, EngineGroup):
         await self.post("StatusMessage_RBV", "Idle")
         await self.publish_settings()
 
-    acquire = override(CamBase.acquire)
-
-    @acquire.putter
-    async def acquire(self, instance, value):
+    async def _put_acquire(self, instance: Any, value: Any) -> Any:
         engine = self.engine
         if value in (0, "Done"):
             engine.stop()
-            return 0
+            return 0  # Acquire reads Done at once, as a busy record does
         if engine.acquiring:
-            return 1  # already running: this put changes nothing
+            return SkipWrite  # already running: this put changes nothing
         mode = self.pv("ImageMode").value
         n_images = {"Single": 1, "Multiple": self.pv("NumImages").value, "Continuous": 0}[mode]
         try:
@@ -113,14 +111,16 @@ class CamGroup(CamBase, EngineGroup):
             await self.publish_progress(engine.status())
         if self.pv("WaitForPlugins").value == "Yes":
             await asyncio.get_running_loop().run_in_executor(None, engine.flush)
-        await self.parent.publish()  # every plugin shows the last frame before Acquire_RBV=0
+        await self.root.publish()  # every plugin shows the last frame before Acquire_RBV=0
         status = engine.status()
         self._acquisitions += 1
         await self.post("ProcessedAcquisitionCounter_RBV", self._acquisitions)
         await self.post_many({"DetectorState_RBV": str(status.state),
                               "StatusMessage_RBV": status.message})
         await self.post("Acquire", 0)
-        return 0
+        return SkipWrite
+
+    acquire = override(CamBase, "acquire", put=_put_acquire)
 
     async def publish_progress(self, status: Status) -> None:
         """Counters that move while frames arrive."""

@@ -23,21 +23,20 @@ property recurses forever in caproto 1.3)::
                 raise ValueError("AcquireTime must be > 0")
             return value
 
-        acquire = override(CamBase.acquire)
-
-        @acquire.putter
-        async def acquire(self, instance, value):
+        async def _put_acquire(self, instance, value):
             await self.post("Acquire", value)   # Acquire and Acquire_RBV now read 1
             ...                                 # the put-callback completes on return
             await self.post("Acquire", 0)
-            return 0                            # the value committed last
+            return SkipWrite                    # already posted
+
+        acquire = override(CamBase, "acquire", put=_put_acquire)
 """
 
 from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from numbers import Integral
 from typing import Any, ClassVar, cast
 
@@ -131,10 +130,12 @@ def make_group(class_name: str, *spec_groups: Iterable[PVSpec]) -> type[CatalogG
     return types.new_class(class_name, (CatalogGroup,), exec_body=lambda ns: ns.update(namespace))
 
 
-def override(prop: pvproperty) -> pvproperty:
-    """A copy of a generated property for a subclass to give its own putter (or getter),
-    leaving the base class's property as it is."""
-    return pvproperty.from_pvspec(prop.pvspec, record=prop.pvspec.record, doc=prop.__doc__)
+def override(group: type[PVGroup], attr: str, *, put: Callable[..., Awaitable[Any]]) -> pvproperty:
+    """A copy of ``group``'s generated property ``attr`` with its own putter, leaving the
+    base class's property as it is."""
+    prop: pvproperty = vars(group)[attr]
+    spec = prop.pvspec._replace(put=put)
+    return pvproperty.from_pvspec(spec, record=spec.record, doc=prop.__doc__)
 
 
 def all_pv_names(group_class: type[PVGroup], prefix: str) -> list[tuple[str, str, tuple[str, ...]]]:

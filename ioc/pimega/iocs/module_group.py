@@ -20,7 +20,7 @@ MODULE_SPECS: tuple[PVSpec, ...] = (
 )
 
 
-class ModuleGroup(make_group("ModuleBase", MODULE_SPECS), EngineGroup):
+class ModuleGroup(EngineGroup, make_group("ModuleBase", MODULE_SPECS)):
     """Receive counters of one module (one TCP connection, one frame ring)."""
 
     async def publish(self, counters: dict[str, Any], acquisitions: int) -> None:

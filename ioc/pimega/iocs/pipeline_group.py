@@ -32,7 +32,7 @@ PIPELINE_SPECS: tuple[PVSpec, ...] = (
 )
 
 
-class StageGroup(make_group("StageBase", STAGE_SPECS), EngineGroup):
+class StageGroup(EngineGroup, make_group("StageBase", STAGE_SPECS)):
     """One stage (``Pipe:Decode:`` …): state, mean time a frame, queue fill, frames lost."""
 
     async def publish(self, stage: StageStatus, error: bool) -> None:
@@ -44,7 +44,7 @@ class StageGroup(make_group("StageBase", STAGE_SPECS), EngineGroup):
         })
 
 
-class PipelineGroup(make_group("PipelineBase", PIPELINE_SPECS), EngineGroup):
+class PipelineGroup(EngineGroup, make_group("PipelineBase", PIPELINE_SPECS)):
     """Node-wide figures and one :class:`StageGroup` per stage."""
 
     ingest = SubGroup(StageGroup, prefix="Ingest:")

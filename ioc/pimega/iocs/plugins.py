@@ -12,12 +12,13 @@ import time
 from typing import Any
 
 import numpy as np
+from caproto import SkipWrite
 
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.pipeline.stats import Stats
 from pimega.runtime.settings import CaptureSettings
 from pimega.runtime.status import Status
-from pimega.writer.naming import ensure_directory, full_file_name, normalise_path, path_exists
+from pimega.writer.naming import ensure_directory, full_file_name, normalise_path
 
 from .base import EngineGroup
 from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
@@ -42,7 +43,7 @@ class PluginGroup(EngineGroup):
 ImageBase = make_group("ImageBase", *IMAGE_STACK)
 
 
-class ImageGroup(ImageBase, PluginGroup):
+class ImageGroup(PluginGroup, ImageBase):
     """NDStdArrays: the latest image, binned to fit, at most once per MinCallbackTime."""
 
     port_name = "IMAGE1"
@@ -76,7 +77,7 @@ HDF5Base = make_group("HDF5Base", *HDF5_STACK)
 COMPRESSION = {"None": "none", "BSLZ4": "bslz4"}
 
 
-class HDF5Group(HDF5Base, PluginGroup):
+class HDF5Group(PluginGroup, HDF5Base):
     """NDFileHDF5: Capture streams processed frames into one NeXus file."""
 
     port_name = "HDF1"
@@ -105,16 +106,13 @@ class HDF5Group(HDF5Base, PluginGroup):
         await self.post("FileFormat", "HDF5")
         await self.post("SWMRSupported_RBV", "Supported")
 
-    capture = override(HDF5Base.capture)
-
-    @capture.putter
-    async def capture(self, instance, value):
+    async def _put_capture(self, instance: Any, value: Any) -> Any:
         engine = self.engine
         if value in (0, "Done"):
             engine.stop_capture()
-            return 0
+            return 0  # Capture reads Done at once, as a busy record does
         if self.pv("Capture_RBV").value == "Capturing":
-            return 1  # already running: this put changes nothing
+            return SkipWrite  # already running: this put changes nothing
         try:
             settings = self._capture_settings()
             engine.start_capture(settings)
@@ -137,7 +135,9 @@ class HDF5Group(HDF5Base, PluginGroup):
                                   "WriteStatus": "Write error"})
         await self.post_many({"SWMRActive_RBV": "Off"})
         await self.post("Capture", 0)
-        return 0
+        return SkipWrite
+
+    capture = override(HDF5Base, "capture", put=_put_capture)
 
     def _capture_settings(self) -> CaptureSettings:
         path = self.pv("FilePath").value
@@ -156,19 +156,18 @@ class HDF5Group(HDF5Base, PluginGroup):
         await self.post_many({"NumCaptured_RBV": status.capture.num_captured,
                               "ArrayCounter_RBV": status.frames_written})
 
-    flush_now = override(HDF5Base.flush_now)
-
-    @flush_now.putter
-    async def flush_now(self, instance, value):
+    async def _put_flush_now(self, instance: Any, value: Any) -> Any:
         if value not in (0, "Done"):
             await asyncio.get_running_loop().run_in_executor(None, self.engine.flush)
         return 0
+
+    flush_now = override(HDF5Base, "flush_now", put=_put_flush_now)
 
 
 StatsBase = make_group("StatsBase", *STATS_STACK)
 
 
-class StatsGroup(StatsBase, PluginGroup):
+class StatsGroup(PluginGroup, StatsBase):
     """NDStats of the ROI1 output, computed by the pipeline (rate-limited there)."""
 
     port_name = "STATS1"
@@ -194,7 +193,7 @@ _ROI_FIELDS = {"MinX": "min_x", "MinY": "min_y", "SizeX": "size_x", "SizeY": "si
                "BinX": "bin_x", "BinY": "bin_y"}
 
 
-class ROIGroup(ROIBase, PluginGroup):
+class ROIGroup(PluginGroup, ROIBase):
     """NDROI: the region (and binning) the statistics are computed on."""
 
     port_name = "ROI1"

@@ -40,7 +40,7 @@ GROUP_PIXELS = {1: 8, 6: 4, 12: 2, 24: 1}
 STORE_DTYPE = {1: np.dtype(np.uint64), 6: np.dtype(np.uint32), 12: np.dtype(np.uint32),
               24: np.dtype(np.uint8)}
 
-_KERNEL_OPTIONS = {"parallel": True, "cache": True, "nogil": True}
+_kernel = njit(parallel=True, cache=True, nogil=True)  # one options set for every kernel
 
 
 @njit(inline="always")
@@ -152,35 +152,35 @@ def _row_1(src, dst, reverse):
 
 
 # One kernel per depth, so each compiles (and caches) its own specialised row loops.
-@njit(**_KERNEL_OPTIONS)
+@_kernel
 def assemble_24(stream, payload_offsets, words, origins, geometry):
     for i in prange(_n_items(origins, geometry)):
         _fast_row(_row_24, np.int64(i), stream, payload_offsets, words, origins, geometry, 24,
                   1, 4)
 
 
-@njit(**_KERNEL_OPTIONS)
+@_kernel
 def assemble_12(stream, payload_offsets, words, origins, geometry):
     for i in prange(_n_items(origins, geometry)):
         _fast_row(_row_12, np.int64(i), stream, payload_offsets, words, origins, geometry, 12,
                   2, 1)
 
 
-@njit(**_KERNEL_OPTIONS)
+@_kernel
 def assemble_6(stream, payload_offsets, words, origins, geometry):
     for i in prange(_n_items(origins, geometry)):
         _fast_row(_row_6, np.int64(i), stream, payload_offsets, words, origins, geometry, 6,
                   4, 1)
 
 
-@njit(**_KERNEL_OPTIONS)
+@_kernel
 def assemble_1(stream, payload_offsets, words, origins, geometry):
     for i in prange(_n_items(origins, geometry)):
         _fast_row(_row_1, np.int64(i), stream, payload_offsets, words, origins, geometry, 1,
                   8, 1)
 
 
-@njit(**_KERNEL_OPTIONS)
+@_kernel
 def assemble_any(stream, payload_offsets, image_bytes, origins, geometry, bit_depth,
                  pixel_bytes):
     """Any chip size and depth, pixel by pixel (rows that start inside a byte group)."""

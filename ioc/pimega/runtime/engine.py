@@ -136,7 +136,8 @@ class Acquisition:
         self._listener: TcpListener | None = None
         self._detector: DetectorControl | None = None
         module = layout.module
-        self._rings = [FrameRing(ring_slots, module.payload_size(24)) for _ in range(layout.n_modules)]
+        slot_bytes = module.payload_size(24)  # the largest depth: any depth fits a slot
+        self._rings = [FrameRing(ring_slots, slot_bytes) for _ in range(layout.n_modules)]
         self._counters = [ModuleCounters() for _ in range(layout.n_modules)]
         self._expected = FrameExpectation(
             chips_x=module.chips_x, chips_y=module.chips_y, chip_size=module.chip_size,
@@ -326,10 +327,10 @@ class Acquisition:
     def status(self) -> Status:
         counters = [c.snapshot() | {"ring_used": r.used, "ring_size": r.n_slots}
                     for c, r in zip(self._counters, self._rings, strict=True)]
-        received = min((c["frames"] for c in counters), default=0)
-        nbytes = sum(c["bytes"] for c in counters)
-        corrupt = sum(c["corrupt"] for c in counters)
-        gaps = sum(c["gaps"] for c in counters)
+        received = min((c.frames for c in self._counters), default=0)
+        nbytes = sum(c.bytes for c in self._counters)
+        corrupt = sum(c.corrupt for c in self._counters)
+        gaps = sum(c.gaps for c in self._counters)
         self._rate.sample(self._processed, nbytes)
         fps, bps = self._rate.rates()
         capture = self._capture.status if self._capture else CaptureStatus()

@@ -31,7 +31,8 @@ class AcquireSettings:
     def __post_init__(self) -> None:
         check_bit_depth(self.bit_depth)
         if self.n_images < 0:
-            raise ConfigError(f"number of images must be ≥ 0 (0: until stopped), got {self.n_images}")
+            raise ConfigError(
+                f"number of images must be ≥ 0 (0: until stopped), got {self.n_images}")
         if self.acquire_time_s <= 0:
             raise ConfigError(f"acquire time must be > 0 s, got {self.acquire_time_s}")
         if self.acquire_period_s < 0:
