@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install the project into .venv and start the IOC with the built-in detector simulator.
+# Start the IOC with the built-in detector simulator; arguments go on to pimega-ioc.
+# Installs into .venv first unless it holds an install of this pyproject.toml already
+# (so a container that installed at build time starts offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+if ! cmp -s pyproject.toml .venv/pimega-installed.toml; then
+    bash scripts/install.sh
+fi
 exec .venv/bin/pimega-ioc --sim "$@"

@@ -14,6 +14,7 @@ from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.runtime.detector import SimulatedDetector
 from pimega.runtime.engine import Acquisition
 from pimega.runtime.settings import CaptureSettings
+from pimega.screens import commands as generated_files
 from pimega.sim.sender import SimConfig
 
 
@@ -78,7 +79,8 @@ def acquire(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    commands = {"bench": bench.run, "acquire": acquire}
+    commands = {"bench": bench.run, "acquire": acquire, "opi": generated_files.opi,
+                "db": generated_files.db}
     if not argv or argv[0] not in commands:
         print("usage: pimega {bench,acquire} [options]  (see pimega COMMAND --help)",
               file=sys.stderr)
