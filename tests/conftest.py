@@ -8,7 +8,6 @@ process (pyepics, the caproto client, ophyd, ophyd-async) meet on 127.0.0.1 only
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,35 +18,12 @@ from typing import IO
 
 import pytest
 
+from pimega.cli.loopback import free_port, loopback_environment
 
-def free_port() -> int:
-    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        tcp.bind(("127.0.0.1", 0))
-        port = tcp.getsockname()[1]
-        udp.bind(("127.0.0.1", port))  # CA uses the same number for TCP and UDP
-        return port
-
-
-def loopback_ca_environment() -> dict[str, str]:
-    server, repeater = free_port(), free_port()
-    return {
-        "EPICS_CA_ADDR_LIST": "127.0.0.1",
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_CA_SERVER_PORT": str(server),
-        "EPICS_CAS_SERVER_PORT": str(server),
-        "EPICS_CA_REPEATER_PORT": str(repeater),
-        "EPICS_CAS_BEACON_PORT": str(repeater),
-        "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
-    }
-
-
-os.environ.update(loopback_ca_environment())
+os.environ.update(loopback_environment(free_port(), free_port()))
 
 # ophyd loads pyepics through epicscorelibs' libca; do it first, as ophyd would
-import epicscorelibs.path.pyepics  # noqa: E402, F401
+import epicscorelibs.path.pyepics  # noqa: F401
 
 
 @dataclass

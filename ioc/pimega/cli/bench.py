@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,7 +30,6 @@ from pimega.ingest.ring import FrameRing
 from pimega.ingest.tcp import FrameExpectation, TcpListener, receive
 from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.kernels import warm_up
-from pimega.runtime.detector import SimulatedDetector
 from pimega.runtime.engine import Acquisition
 from pimega.runtime.settings import CaptureSettings
 from pimega.sim.sender import SimConfig, Simulator
@@ -113,11 +115,14 @@ def bench_ingest(module: ModuleGeometry, n_frames: int, depth: int = 24) -> Iter
             with conn:
                 receive(conn, [ring], [counters], expected, armed, stop)
 
+    arrivals: list[float] = []
+
     def consume() -> None:
         for _ in range(n_frames):
             item = None
             while item is None:
                 item = ring.next_filled(timeout=1.0)
+            arrivals.append(time.perf_counter())
             ring.release(item[0])
 
     config = SimConfig(layout=layout, bit_depth=depth, n_frames=n_frames, frame_rate_hz=0)
@@ -126,11 +131,10 @@ def bench_ingest(module: ModuleGeometry, n_frames: int, depth: int = 24) -> Iter
     with Simulator(*listener.address, config) as sim:
         sim.connect()
         consumer.start()
-        t0 = time.perf_counter()
-        sim.acquire()
+        sim.acquire()  # packs its frame cycle first: time from the first frame received
         consumer.join()
-        ingest = time.perf_counter() - t0
         sim.wait()
+    ingest = (arrivals[-1] - arrivals[0]) * n_frames / (n_frames - 1)
     stop.set()
     receiver.join()
     listener.close()
@@ -177,44 +181,93 @@ def bench_writer(module: ModuleGeometry, n_frames: int, directory: Path) -> Iter
 
 def bench_end_to_end(module: ModuleGeometry, n_frames: int, depth: int,
                      directory: Path) -> Iterator[Figure]:
+    """Simulator in its own process (as a detector would be) → engine → HDF5 in ``directory``.
+
+    The simulator sends as fast as TCP back-pressure lets it, so the rate is the slowest
+    stage's; it counts from the first processed frame (after the simulator packed its frame
+    cycle), against the detector's read-out limit at ``depth``.
+    """
     layout = ArrayLayout(module)
-    engine = Acquisition(layout)
-    with engine:
-        detector = SimulatedDetector(*engine.address,
-                                     SimConfig(layout=layout, bit_depth=depth, n_frames=n_frames,
-                                               frame_rate_hz=0))
-        detector.connect()
-        engine.attach_detector(_AsFastAsPossible(detector))
+    with Acquisition(layout) as engine:
+        host, port = engine.address
         engine.configure(bit_depth=depth, n_images=n_frames)
         engine.start_capture(CaptureSettings(str(directory / "e2e.h5")))
-        t0 = time.perf_counter()
         engine.start()
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "pimega.cli.sim", "--host", host, "--port", str(port),
+             "--chips", f"{module.chips_x}x{module.chips_y}", "--chip-size",
+             str(module.chip_size), "--frames", str(n_frames), "--rate", "0",
+             "--depth", str(depth)],
+            stdout=subprocess.DEVNULL)
+        while engine.status().frames_processed == 0 and sender.poll() is None:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
         engine.wait()
         engine.stop_capture()
         engine.wait_capture()
         seconds = time.perf_counter() - t0
+        sender.wait()
         status = engine.status()
-    fps = status.frames_written / seconds
+    fps = (status.frames_written - 1) / seconds
     limit = MAX_FRAME_RATE_HZ[depth]
     yield Figure(f"end_to_end_{depth}bit_fps", fps, "frames/s", limit, fps / limit)
     yield Figure(f"end_to_end_{depth}bit_dropped", float(status.frames_dropped), "frames",
                  float(n_frames), status.frames_dropped / n_frames)
+    for stage in status.stages:
+        if stage.frames and stage.time_per_frame_ms:
+            yield Figure(f"end_to_end_{stage.name}_ms_per_frame", stage.time_per_frame_ms, "ms",
+                         1e3 / limit, stage.time_per_frame_ms * limit / 1e3)
 
 
-class _AsFastAsPossible:
-    """Ask the simulator for frames with no pacing: the pipeline's back-pressure sets the rate."""
+def bench_preview(seconds: float, frame_rate_hz: float) -> Iterator[Figure]:
+    """A full-module IOC acquiring continuously; a viewer process monitors the preview while
+    this process times control-PV puts with callback (two clients, as a screen and a scan)."""
+    from caproto.threading.client import Context
 
-    def __init__(self, detector: SimulatedDetector) -> None:
-        self._detector = detector
+    from pimega.cli.loopback import free_port, loopback_environment
 
-    def start(self, n_frames: int, frame_rate_hz: float, bit_depth: int) -> None:
-        self._detector.start(n_frames, 0.0, bit_depth)
-
-    def stop(self) -> None:
-        self._detector.stop()
-
-    def close(self) -> None:
-        self._detector.close()
+    logging.getLogger("caproto").setLevel(logging.WARNING)
+    env = os.environ | loopback_environment(free_port(), free_port())
+    os.environ.update(env)  # this process's CA client talks to the IOC on loopback too
+    prefix = "BENCH:"
+    ioc = subprocess.Popen([sys.executable, "-m", "pimega.cli.ioc", "--sim", "--prefix", prefix],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = Context()
+    try:
+        names = ["Heartbeat_RBV", "cam1:ImageMode", "cam1:AcquirePeriod", "cam1:Acquire",
+                 "image1:MinCallbackTime", "cam1:NumExposures"]
+        pvs = dict(zip(names, context.get_pvs(*(prefix + n for n in names), timeout=60),
+                       strict=True))
+        deadline = time.monotonic() + 120
+        while pvs["Heartbeat_RBV"].read(timeout=60).data[0] < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the IOC did not start")
+            time.sleep(0.2)
+        pvs["image1:MinCallbackTime"].write(0.09, wait=True)
+        pvs["cam1:ImageMode"].write(2, wait=True)
+        pvs["cam1:AcquirePeriod"].write(1 / frame_rate_hz, wait=True)
+        pvs["cam1:Acquire"].write(1, wait=False)
+        viewer = subprocess.Popen(
+            [sys.executable, "-m", "pimega.cli.preview_viewer", prefix + "image1:ArrayData",
+             str(seconds + 2)], env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(2)
+        round_trips = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            pvs["cam1:NumExposures"].write(1, wait=True, timeout=10)
+            round_trips.append(time.perf_counter() - t0)
+            time.sleep(0.01)
+        rate = float(viewer.communicate(timeout=60)[0])
+        pvs["cam1:Acquire"].write(0, wait=True)
+    finally:
+        context.disconnect()
+        ioc.terminate()
+        ioc.wait(timeout=20)
+    p50, p99 = (1e3 * float(np.percentile(round_trips, q)) for q in (50, 99))
+    yield Figure("preview_1536x1536_hz", rate, "Hz", 10.0, rate / 10.0)
+    yield Figure("control_put_p50_ms", p50, "ms", 20.0, p50 / 20.0)
+    yield Figure("control_put_p99_ms", p99, "ms", 20.0, p99 / 20.0)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -225,7 +278,12 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=200, help="frames for (b)-(d)")
     parser.add_argument("--repeats", type=int, default=20, help="repeats for (a)")
     parser.add_argument("--dir", default=None, help="directory for (c)/(d) (default: a temp dir)")
-    parser.add_argument("--only", choices=["pipeline", "ingest", "writer", "e2e"], nargs="*")
+    parser.add_argument("--only", choices=["pipeline", "ingest", "writer", "e2e", "preview"],
+                        nargs="*", help="benches to run (default: all but preview)")
+    parser.add_argument("--preview", action="store_true",
+                        help="also run an IOC: preview rate and control-PV round trips")
+    parser.add_argument("--preview-fps", type=float, default=100.0,
+                        help="frame rate the IOC acquires at during --preview")
     args = parser.parse_args(argv)
     across, down = (int(v) for v in args.chips.split("x"))
     module = ModuleGeometry(across, down, args.chip_size)
@@ -236,8 +294,10 @@ def run(argv: list[str] | None = None) -> int:
             "ingest": lambda: bench_ingest(module, args.frames),
             "writer": lambda: bench_writer(module, min(args.frames, 100), directory),
             "e2e": lambda: bench_end_to_end(module, args.frames, 12, directory),
+            "preview": lambda: bench_preview(10.0, args.preview_fps),
         }
-        for name in args.only or benches:
+        chosen = args.only or [n for n in benches if n != "preview" or args.preview]
+        for name in chosen:
             for figure in benches[name]():
                 if args.json:
                     print(figure.line(), flush=True)

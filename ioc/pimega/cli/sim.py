@@ -155,3 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pimega-sim: interrupted", file=sys.stderr)
         return 130
     return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

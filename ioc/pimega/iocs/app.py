@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -41,6 +42,9 @@ class PimegaIOC(PVGroup):
         """Post start-up values, then refresh every group from the engine, forever."""
         for group in (self.cam, self.image, self.hdf, self.stats, self.roi):
             await group.startup()
+        # ~50k long-lived PV and record-field objects: keep them out of every GC pass, or a
+        # full collection stalls the event loop (and control-PV round trips) for tens of ms
+        gc.freeze()
         while True:
             try:
                 await self.publish()

@@ -25,6 +25,8 @@ from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
 from .factory import make_group, override
 
 CAPTURE_POLL_S = 0.02
+#: Shortest preview interval: the IOC's status poll publishes at most this often.
+PREVIEW_FLOOR_S = 0.05
 UPSTREAM_PORT = "PIMEGA"
 
 
@@ -48,6 +50,11 @@ class ImageGroup(PluginGroup, ImageBase):
 
     port_name = "IMAGE1"
 
+    async def on_put(self, name: str, value: Any) -> Any:
+        if name == "MinCallbackTime":  # the pipeline bins no more previews than are shown
+            self.engine.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S))
+        return value
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._published_id = 0
@@ -66,9 +73,16 @@ class ImageGroup(PluginGroup, ImageBase):
         unique_id, image = preview
         self._published_id, self._published_at = unique_id, now
         await self.post_array_geometry(image.shape, image.dtype)
-        await self.pv("ArrayData").write(image.ravel().astype(np.int32), verify_value=False)
+        # the one copy the waveform needs, made off the event loop (NumPy drops the GIL)
+        flat = await asyncio.get_running_loop().run_in_executor(None, _as_waveform, image)
+        await self.pv("ArrayData").write(flat, verify_value=False)
         await self.post_many({"UniqueId_RBV": unique_id,
                               "ArrayCounter_RBV": self.pv("ArrayCounter_RBV").value + 1})
+
+
+def _as_waveform(image: np.ndarray) -> np.ndarray:
+    """ArrayData's element type (LONG), big-endian as Channel Access sends it."""
+    return image.ravel().astype(">i4")
 
 
 HDF5Base = make_group("HDF5Base", *HDF5_STACK)

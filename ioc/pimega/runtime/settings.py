@@ -26,7 +26,7 @@ class AcquireSettings:
     acquire_period_s: float = 0.001
     corrections: Corrections = field(default_factory=Corrections)
     preview_interval_s: float = 0.1
-    stats_interval_s: float = 0.05
+    stats_interval_s: float = 0.25
 
     def __post_init__(self) -> None:
         check_bit_depth(self.bit_depth)
@@ -37,6 +37,8 @@ class AcquireSettings:
             raise ConfigError(f"acquire time must be > 0 s, got {self.acquire_time_s}")
         if self.acquire_period_s < 0:
             raise ConfigError(f"acquire period must be ≥ 0 s, got {self.acquire_period_s}")
+        if self.preview_interval_s < 0 or self.stats_interval_s < 0:
+            raise ConfigError("preview and statistics intervals must be ≥ 0 s")
 
     @property
     def max_frame_rate_hz(self) -> float:

@@ -1,0 +1,30 @@
+"""Channel Access settings that keep a server and its clients on 127.0.0.1 (tests, bench)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (CA uses one number for both)."""
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        udp.bind(("127.0.0.1", port))
+        return port
+
+
+def loopback_environment(server_port: int, repeater_port: int) -> dict[str, str]:
+    """EPICS_CA_* / EPICS_CAS_* for a server and clients that meet on loopback only."""
+    return {
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+        "EPICS_CA_SERVER_PORT": str(server_port),
+        "EPICS_CAS_SERVER_PORT": str(server_port),
+        "EPICS_CA_REPEATER_PORT": str(repeater_port),
+        "EPICS_CAS_BEACON_PORT": str(repeater_port),
+        "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
+    }
