@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pimega-ioc", description=__doc__,
         epilog="Channel Access interface and port follow EPICS_CAS_INTF_ADDR_LIST and "
-               "EPICS_CAS_SERVER_PORT (caproto's defaults otherwise).")
+               "EPICS_CA_SERVER_PORT (caproto's defaults otherwise).")
     p.add_argument("--prefix", default="PIMEGA:", help="PV prefix $(P)$(R) (default PIMEGA:)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--sim", action="store_true",

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"bench": bench.run, "acquire": acquire, "opi": generated_files.opi,
                 "db": generated_files.db}
     if not argv or argv[0] not in commands:
-        print("usage: pimega {bench,acquire} [options]  (see pimega COMMAND --help)",
+        print(f"usage: pimega {{{','.join(commands)}}} [options]  (see pimega COMMAND --help)",
               file=sys.stderr)
         return 2
     try:
