@@ -96,3 +96,18 @@ def RE():
     yield engine
     if engine.state != "idle":
         engine.halt()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A 4 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a 4 MiB tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

@@ -147,3 +147,26 @@ def test_bad_frames_are_counted_and_the_stream_goes_on(tmp_path):
     assert status.corrupt_frames >= 3  # bad magic, bad CRC, garbage
     with h5py.File(tmp_path / "ext.h5") as f:
         np.testing.assert_array_equal(f["/entry/data/data"][0], image)
+
+
+def test_full_disk_stops_capture_with_a_readable_file_and_a_reason(small_tmpfs):
+    """A 4 MiB filesystem fills up: the capture ends, the file holds every frame written."""
+    layout = ArrayLayout(ModuleGeometry(6, 6, 32))  # 192² uint16: 72 KiB a frame
+    path = small_tmpfs / "full.h5"
+    with Acquisition(layout) as engine:
+        detector = SimulatedDetector(*engine.address, SimConfig(layout=layout))
+        detector.connect()
+        engine.attach_detector(detector)
+        engine.configure(bit_depth=12, n_images=200)
+        engine.start_capture(CaptureSettings(str(path)))
+        engine.start()
+        assert engine.wait(timeout=60)
+        assert engine.wait_capture(timeout=30)
+        status = engine.status()
+    assert status.frames_processed == 200
+    assert "disk full" in status.capture.error
+    assert not status.capture.active
+    written = status.capture.num_captured
+    assert 0 < written < 200
+    assert status.frames_written == written
+    assert_counter_frames(path, layout, 12, written)

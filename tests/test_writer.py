@@ -299,21 +299,6 @@ def assert_holds_exactly(path: Path, data: np.ndarray, count: int) -> None:
         np.testing.assert_array_equal(file[f"{DETECTOR_PATH}/frame_number"][()], range(count))
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    """A 4 MiB tmpfs mounted for the test (needs root or CAP_SYS_ADMIN)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a 4 MiB tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
-
-
 def fill_filesystem(directory: Path) -> None:
     """Another writer takes every byte left on the filesystem."""
     with open(directory / "hog", "wb", buffering=0) as hog, contextlib.suppress(OSError):
