@@ -18,9 +18,9 @@ from typing import IO
 
 import pytest
 
-from pimega.cli.loopback import free_port, loopback_environment
+from pimega.cli.loopback import loopback_environment
 
-os.environ.update(loopback_environment(free_port(), free_port()))
+os.environ.update(loopback_environment())
 
 # ophyd loads pyepics through epicscorelibs' libca; do it first, as ophyd would
 import epicscorelibs.path.pyepics  # noqa: F401

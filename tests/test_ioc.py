@@ -277,3 +277,17 @@ def test_capture_put_callback_waits_for_num_capture(pv, tmp_path):
     assert done.wait(10), "Capture did not complete after NumCapture frames"
     assert pv("HDF1:NumCaptured_RBV").get() == 4
     assert_file_frames(text(pv, "HDF1:FullFileName_RBV"), 4)
+
+
+def test_preview_is_served_over_pv_access_as_ntndarray(pv, ioc):
+    p4p_client = pytest.importorskip("p4p.client.thread", reason="p4p is not installed")
+    put(pv, "cam1:ImageMode", "Single")
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    time.sleep(0.3)
+    context = p4p_client.Context("pva")
+    try:
+        image = context.get(ioc.prefix + "Pva1:Image", timeout=10)
+    finally:
+        context.close()
+    assert image.shape == LAYOUT.shape
+    assert image.raw["uniqueId"] == pv("image1:UniqueId_RBV").get()

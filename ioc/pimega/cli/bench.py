@@ -241,10 +241,10 @@ def bench_preview(seconds: float, frame_rate_hz: float) -> Iterator[Figure]:
     this process times control-PV puts with callback (two clients, as a screen and a scan)."""
     from caproto.threading.client import Context
 
-    from pimega.cli.loopback import free_port, loopback_environment
+    from pimega.cli.loopback import loopback_environment
 
     logging.getLogger("caproto").setLevel(logging.WARNING)
-    env = os.environ | loopback_environment(free_port(), free_port())
+    env = os.environ | loopback_environment()
     os.environ.update(env)  # this process's CA client talks to the IOC on loopback too
     prefix = "BENCH:"
     ioc = subprocess.Popen([sys.executable, "-m", "pimega.cli.ioc", "--sim", "--prefix", prefix],

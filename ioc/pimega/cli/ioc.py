@@ -12,6 +12,7 @@ from caproto.server import PVGroup
 from pimega.core.errors import PimegaError
 from pimega.iocs.app import ioc_class
 from pimega.iocs.factory import all_pv_names
+from pimega.iocs.pva import pva_image
 from pimega.runtime.detector import SimulatedDetector
 from pimega.runtime.engine import Acquisition
 from pimega.sim.sender import SimConfig
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
               "available here, use --transport tcp", file=sys.stderr)
         return 2
     host, port = args.listen or ("127.0.0.1", 0)
+    pva = None
     engine = Acquisition(layout, host=host, port=port)
     try:
         address = engine.open()
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("simulator connected: %d module(s) of %dx%d", layout.n_modules,
                      *layout.module.shape)
         ioc = group_class(prefix=args.prefix, engine=engine)
+        ioc.image.pva = pva = pva_image(args.prefix)
         print_welcome(args.prefix, layout.shape, address, simulated=not args.listen)
         run(ioc.pvdb)
     except PimegaError as exc:
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if pva is not None:
+            pva.close()
         engine.close()
     return 0
 

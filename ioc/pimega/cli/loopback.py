@@ -14,8 +14,10 @@ def free_port() -> int:
         return port
 
 
-def loopback_environment(server_port: int, repeater_port: int) -> dict[str, str]:
-    """EPICS_CA_* / EPICS_CAS_* for a server and clients that meet on loopback only."""
+def loopback_environment() -> dict[str, str]:
+    """EPICS_CA_* / EPICS_PVA_* (and server) settings for servers and clients that meet on
+    loopback only, on ports free now."""
+    server_port, repeater_port, pva_port, pva_broadcast = (free_port() for _ in range(4))
     return {
         "EPICS_CA_ADDR_LIST": "127.0.0.1",
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
@@ -27,4 +29,11 @@ def loopback_environment(server_port: int, repeater_port: int) -> dict[str, str]
         "EPICS_CA_REPEATER_PORT": str(repeater_port),
         "EPICS_CAS_BEACON_PORT": str(repeater_port),
         "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
+        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_SERVER_PORT": str(pva_port),
+        "EPICS_PVAS_SERVER_PORT": str(pva_port),
+        "EPICS_PVA_BROADCAST_PORT": str(pva_broadcast),
+        "EPICS_PVAS_BROADCAST_PORT": str(pva_broadcast),
     }

@@ -23,6 +23,7 @@ from pimega.writer.naming import ensure_directory, full_file_name, normalise_pat
 from .base import EngineGroup
 from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
 from .factory import make_group, override
+from .pva import PvaImage
 
 CAPTURE_POLL_S = 0.02
 #: Shortest preview interval: the IOC's status poll publishes at most this often.
@@ -59,6 +60,7 @@ class ImageGroup(PluginGroup, ImageBase):
         super().__init__(*args, **kwargs)
         self._published_id = 0
         self._published_at = 0.0
+        self.pva: PvaImage | None = None  # set by the IOC where p4p is installed
 
     async def publish_preview(self) -> None:
         """Publish the engine's newest preview if it is new and MinCallbackTime has passed."""
@@ -76,6 +78,8 @@ class ImageGroup(PluginGroup, ImageBase):
         # the one copy the waveform needs, made off the event loop (NumPy drops the GIL)
         flat = await asyncio.get_running_loop().run_in_executor(None, _as_waveform, image)
         await self.pv("ArrayData").write(flat, verify_value=False)
+        if self.pva is not None:
+            self.pva.post(image, unique_id)
         await self.post_many({"UniqueId_RBV": unique_id,
                               "ArrayCounter_RBV": self.pv("ArrayCounter_RBV").value + 1})
 
