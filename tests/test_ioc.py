@@ -291,3 +291,12 @@ def test_preview_is_served_over_pv_access_as_ntndarray(pv, ioc):
         context.close()
     assert image.shape == LAYOUT.shape
     assert image.raw["uniqueId"] == pv("image1:UniqueId_RBV").get()
+
+
+def test_an_empty_string_clears_a_long_string_pv(pv):
+    """ophyd-async's prepare writes HDF1:XMLFileName = "" (a CHAR array of zeros)."""
+    put(pv, "HDF1:XMLFileName", "layout.xml")
+    assert text(pv, "HDF1:XMLFileName_RBV") == "layout.xml"
+    put(pv, "HDF1:XMLFileName", "")
+    assert text(pv, "HDF1:XMLFileName_RBV") == ""
+

@@ -35,6 +35,14 @@ def pv(ioc, suffix: str) -> epics.PV:
     return channel
 
 
+def test_image_plugin_shows_its_geometry_before_any_frame(listening_ioc):
+    """ophyd's ImagePlugin shapes ArrayData from these from the start."""
+    ioc, _ = listening_ioc
+    assert pv(ioc, "image1:ArraySize0_RBV").get() == LAYOUT.shape[1]
+    assert pv(ioc, "image1:ArraySize1_RBV").get() == LAYOUT.shape[0]
+    assert pv(ioc, "image1:NDimensions_RBV").get() == 2
+
+
 def test_idle_frames_are_dropped_and_acquire_takes_num_images(listening_ioc, tmp_path):
     ioc, port = listening_ioc
     with Simulator("127.0.0.1", port, SimConfig(layout=LAYOUT, n_frames=5)) as sim:

@@ -253,7 +253,7 @@ def bench_preview(seconds: float, frame_rate_hz: float) -> Iterator[Figure]:
     try:
         names = ["Heartbeat_RBV", "cam1:ImageMode", "cam1:AcquirePeriod", "cam1:Acquire",
                  "image1:MinCallbackTime", "cam1:NumExposures"]
-        pvs = dict(zip(names, context.get_pvs(*(prefix + n for n in names), timeout=60),
+        pvs = dict(zip(names, context.get_pvs(*(prefix + n for n in names)),
                        strict=True))
         deadline = time.monotonic() + 120
         while pvs["Heartbeat_RBV"].read(timeout=60).data[0] < 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from caproto.asyncio.server import run
@@ -81,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         ioc = group_class(prefix=args.prefix, engine=engine)
         ioc.image.pva = pva = pva_image(args.prefix)
         print_welcome(args.prefix, layout.shape, address, simulated=not args.listen)
+        # SIGTERM (docker stop, systemd) ends like Ctrl-C: the open file gets closed
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         run(ioc.pvdb)
     except PimegaError as exc:
         print(f"pimega-ioc: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         if pva is not None:

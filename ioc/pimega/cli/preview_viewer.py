@@ -17,7 +17,7 @@ def main(pv_name: str, seconds: float) -> float:
 
     context = Context()
     try:
-        (pv,) = context.get_pvs(pv_name, timeout=60)
+        (pv,) = context.get_pvs(pv_name)
         subscription = pv.subscribe(data_type="native")
         subscription.add_callback(on_update)
         time.sleep(seconds)

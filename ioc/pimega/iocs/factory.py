@@ -40,8 +40,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from numbers import Integral
 from typing import Any, ClassVar, cast
 
+import numpy as np
 from caproto import ChannelData, ChannelEnum, ChannelType
-from caproto.server import PVGroup, PvpropertyData, pvproperty
+from caproto.server import PVGroup, PvpropertyChar, PvpropertyData, pvproperty
 from caproto.server.records import BoFields, get_record_registry, register_record
 from caproto.server.typing import Putter
 
@@ -67,6 +68,17 @@ class BusyFields(BoFields):
 
 if "busy" not in get_record_registry():
     register_record(BusyFields)
+
+
+class TextData(PvpropertyChar):
+    """A writable CHAR waveform holding a string. A client's empty string (all zero bytes,
+    as ophyd-async writes ``XMLFileName=""``) is taken as "": caproto 1.3 refuses it."""
+
+    async def write_from_dbr(self, data: Any, data_type: Any, metadata: Any, *,
+                             flags: int = 0) -> Any:
+        if data_type == ChannelType.CHAR and not np.asarray(data).any():
+            return await self.write("")
+        return await super().write_from_dbr(data, data_type, metadata, flags=flags)
 
 
 class CatalogGroup(PVGroup):
@@ -161,6 +173,8 @@ def _pvproperty(spec: PVSpec) -> pvproperty:
         kwargs["enum_strings"] = spec.enum_strings
     if spec.is_text:
         kwargs["max_length"] = spec.max_length
+        if spec.writable:
+            kwargs["dtype"] = TextData
     elif (spec.max_length or 1) > 1:  # a waveform; a one-element subArray stays a scalar
         kwargs.update(max_length=spec.max_length, value=list(spec.value))
     if spec.ca_type in _NUMERIC:

@@ -62,6 +62,12 @@ class ImageGroup(PluginGroup, ImageBase):
         self._published_at = 0.0
         self.pva: PvaImage | None = None  # set by the IOC where p4p is installed
 
+    async def startup(self) -> None:
+        """Post the preview's geometry before the first frame (ophyd's ImagePlugin reads it)."""
+        await super().startup()
+        engine = self.engine
+        await self.post_array_geometry(engine.preview_shape, engine.image_dtype)
+
     async def publish_preview(self) -> None:
         """Publish the engine's newest preview if it is new and MinCallbackTime has passed."""
         if self.pv("EnableCallbacks").value != "Enable":

@@ -485,9 +485,18 @@ class Acquisition:
                 )
             self._idle.set()
 
+    @property
+    def preview_factor(self) -> int:
+        """Binning of the preview: set, or the smallest within ``preview_max_pixels``."""
+        return self.preview_binning or preview_factor(self.image_shape, self.preview_max_pixels)
+
+    @property
+    def preview_shape(self) -> tuple[int, int]:
+        height, width = self.image_shape
+        return height // self.preview_factor, width // self.preview_factor
+
     def _publish_preview(self, info: FrameInfo, image: np.ndarray) -> None:
-        factor = self.preview_binning or preview_factor(image.shape, self.preview_max_pixels)
-        self._preview = (info.unique_id, bin_for_preview(image, factor))
+        self._preview = (info.unique_id, bin_for_preview(image, self.preview_factor))
 
     def _run_writer(self) -> None:
         writer: NexusWriter | None = None

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from caproto import ChannelType
+from caproto import ChannelChar, ChannelType
 from caproto.server import PVGroup
 
 from pimega.iocs.app import ioc_class
@@ -58,7 +58,7 @@ def served_pvs(group_class: type[PVGroup], prefix: str) -> Iterator[ServedPV]:
             record=record,
             enum_strings=tuple(spec.cls_kwargs.get("enum_strings") or ()),
             writable=not spec.read_only,
-            text=record == "waveform" and spec.dtype == ChannelType.CHAR,
+            text=record == "waveform" and _is_char(spec.dtype),
             echoed=suffix in catalog and catalog[suffix].readback,
             doc=spec.doc or "",
         )
@@ -71,3 +71,8 @@ def subgroups(group_class: type[PVGroup]) -> dict[str, tuple[str, type[PVGroup]]
     return {attr: (subgroup.prefix or "", subgroup.group_cls)
             for attr, subgroup in group_class._subgroups_.items()
             if "." not in attr and subgroup.group_cls is not None}
+
+
+def _is_char(dtype: Any) -> bool:
+    """A CHAR waveform: by channel type, or by a PvpropertyChar subclass given as dtype."""
+    return dtype == ChannelType.CHAR or (isinstance(dtype, type) and issubclass(dtype, ChannelChar))
