@@ -1,18 +1,22 @@
 """Pipeline stages: decode + assemble (fast kernel vs reference), corrections, stats, ROI."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from pimega.core import bitpack
 from pimega.core.errors import ConfigError
 from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry
-from pimega.pipeline import kernels
+from pimega.pipeline import kernels, stats_kernel
 from pimega.pipeline.assemble import assemble_reference, decode_assemble
 from pimega.pipeline.correct import Corrections, apply_corrections, output_dtype
 from pimega.pipeline.stats import (
+    Stats,
     bin_for_preview,
     compute_stats,
     preview_factor,
+    reference_stats,
     roi,
 )
 
@@ -235,6 +239,141 @@ def test_stats_of_an_empty_image_are_zero():
     assert stats.total == stats.sigma == stats.centroid_x == stats.sigma_xy == 0
     above_everything = compute_stats(np.ones((4, 4), np.float32), centroid_threshold=5)
     assert above_everything.centroid_y == 0 and above_everything.total == 16
+
+
+# --- statistics kernel vs reference --------------------------------------------------
+
+EXACT_FIELDS = ("min_value", "max_value", "min_x", "min_y", "max_x", "max_y")
+
+
+@pytest.fixture
+def kernel_only(monkeypatch):
+    """compute_stats with its reference fallback made to fail: the kernel must answer."""
+
+    def no_fallback(*args):
+        raise AssertionError("compute_stats fell back to reference_stats")
+
+    monkeypatch.setattr("pimega.pipeline.stats.reference_stats", no_fallback)
+
+
+def assert_same_stats(got: Stats, want: Stats):
+    """Extremes and their positions equal; sums and moments to 1e-9 relative."""
+    for name in EXACT_FIELDS:
+        assert getattr(got, name) == getattr(want, name), name
+    for field in dataclasses.fields(Stats):
+        if field.name not in EXACT_FIELDS:
+            got_value, want_value = getattr(got, field.name), getattr(want, field.name)
+            assert got_value == pytest.approx(want_value, rel=1e-9, abs=0), field.name
+
+
+def ramp_and_noise(shape, dtype, seed, high):
+    """A slope plus noise in ``dtype``: ties at the extremes, a non-trivial centroid."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.indices(shape)
+    values = rng.integers(0, high, size=shape) * (2 + xs / shape[1] + ys / shape[0]) / 4
+    return (values // 1).astype(dtype) if np.dtype(dtype).kind == "u" else values.astype(dtype)
+
+
+KERNEL_CASES = {"uint8": (np.uint8, 150), "uint16": (np.uint16, 30000),
+                "uint32": (np.uint32, 4_000_000_000), "float32": (np.float32, 1e6)}
+
+
+@pytest.mark.usefixtures("kernel_only")
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_stats_kernel_matches_reference(case):
+    dtype, high = KERNEL_CASES[case]
+    image = ramp_and_noise((97, 131), dtype, seed=len(case), high=high)
+    values = np.sort(image, axis=None)
+    for threshold in (0.0, float(values[values.size // 2]), float(values[-1]), 2.0 * high, np.nan):
+        assert_same_stats(compute_stats(image, threshold), reference_stats(image, threshold))
+
+
+@pytest.mark.usefixtures("kernel_only")
+def test_stats_kernel_on_a_full_frame_of_large_counts():
+    image = ramp_and_noise((1536, 1536), np.uint32, seed=1, high=1 << 31)
+    assert_same_stats(compute_stats(image, 1e9), reference_stats(image, 1e9))
+
+
+@pytest.mark.usefixtures("kernel_only")
+def test_stats_kernel_float_extremes_negatives_and_signed_zeros():
+    image = np.zeros((4, 5), np.float32)
+    image[1, 2] = -0.0  # ties with the +0.0 before it: not the first minimum
+    assert (compute_stats(image).min_x, compute_stats(image).min_y) == (0, 0)
+    image[0, 3] = -1e-45  # the smallest negative (denormal) float32
+    image[2, 1] = -1e-45
+    image[3, 4] = 2.5
+    image[0, 0] = 2.5
+    want = reference_stats(image, -1.0)
+    assert (want.min_x, want.min_y, want.max_x, want.max_y) == (3, 0, 0, 0)
+    assert_same_stats(compute_stats(image, -1.0), want)
+    negatives = ramp_and_noise((20, 30), np.float32, seed=5, high=100) - 120
+    for threshold in (-200.0, -60.0, 0.0):  # all weights negative at −200: Σw < 0, centroid 0
+        assert_same_stats(compute_stats(negatives, threshold), reference_stats(negatives,
+                                                                               threshold))
+    assert compute_stats(negatives, -200.0).centroid_x == 0
+
+
+@pytest.mark.usefixtures("kernel_only")
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_stats_kernel_on_views(dtype):
+    """ROI views read in place; column steps and reversed rows through a copy; same results."""
+    image = ramp_and_noise((60, 70), dtype, seed=9, high=1000)
+    views = [roi(image, 3, 5, 40, 30), roi(image, 69, 0, 0, 0), roi(image, 0, 59, 0, 1),
+             image[:, ::3], image[::-1], image.T]
+    for view in views:
+        assert_same_stats(compute_stats(view, 500.0), reference_stats(view, 500.0))
+    region = roi(image, 3, 5, 40, 30)
+    assert not region.flags.c_contiguous
+    want_total = image[5:35, 3:43].sum(dtype=np.float64)
+    assert compute_stats(region).total == pytest.approx(want_total, rel=1e-12)
+
+
+@pytest.mark.usefixtures("kernel_only")
+def test_stats_kernel_of_an_all_zero_image():
+    for dtype in (np.uint8, np.uint16, np.uint32, np.float32):
+        stats = compute_stats(np.zeros((3, 7), dtype))
+        assert stats == Stats(*[0] * len(dataclasses.fields(Stats)))
+
+
+@pytest.mark.usefixtures("kernel_only")
+def test_stats_kernel_of_a_single_bright_pixel():
+    image = np.zeros((9, 11), np.uint32)
+    image[6, 4] = 4_000_000_000
+    for threshold in (0.0, 1.0, 4e9):
+        stats = compute_stats(image, threshold)
+        assert (stats.centroid_x, stats.centroid_y) == (4.0, 6.0)
+        assert (stats.sigma_x, stats.sigma_y, stats.sigma_xy) == (0.0, 0.0, 0.0)
+        assert (stats.max_value, stats.max_x, stats.max_y) == (4e9, 4, 6)
+        assert (stats.min_value, stats.min_x, stats.min_y) == (0, 0, 0)
+        assert stats.total == 4e9 and stats.mean == 4e9 / 99
+    assert compute_stats(image, 4e9 + 1).centroid_x == 0  # nothing reaches the threshold
+
+
+def test_stats_with_nan_or_inf_pixels_come_from_the_reference():
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    image[1, 2] = np.nan
+    image[2, 0] = -np.inf
+    with np.errstate(invalid="ignore"):  # the reference's NaN moments warn
+        got, want = compute_stats(image), reference_stats(image)
+    assert np.isnan(got.total) and (got.min_x, got.min_y) == (2, 1)  # NumPy: NaN comes first
+    for field in dataclasses.fields(Stats):
+        np.testing.assert_equal(getattr(got, field.name), getattr(want, field.name))
+
+
+def test_stats_of_other_dtypes_come_from_the_reference():
+    image = np.array([[3, -7], [2, 5]], dtype=np.int16)
+    stats = compute_stats(image)
+    assert (stats.min_value, stats.min_x, stats.min_y, stats.total) == (-7, 1, 0, 3)
+    assert stats_kernel.kernel_moments(image, 0.0) is None
+    binned = roi(ramp_and_noise((8, 8), np.uint16, seed=2, high=1000), 0, 0, 0, 0, 2, 2)
+    assert binned.dtype == np.uint64 and stats_kernel.kernel_moments(binned, 0.0) is None
+    assert compute_stats(binned, 900.0) == reference_stats(binned, 900.0)
+
+
+def test_stats_kernel_warm_up_compiles_every_dtype():
+    stats_kernel.warm_up()
+    compiled = {str(signature[0].dtype) for signature in stats_kernel.stats_moments.signatures}
+    assert compiled >= {dtype.name for dtype in stats_kernel.KERNEL_DTYPES}
 
 
 # --- ROI and preview -------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pimega.ingest.ring import FrameRing
 from pimega.ingest.tcp import FrameExpectation, TcpListener, receive
 from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.correct import apply_corrections, output_dtype
-from pimega.pipeline.kernels import warm_up
+from pimega.pipeline import kernels, stats_kernel
 from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, preview_factor, roi
 from pimega.writer.hdf5 import NexusMetadata, NexusWriter
 
@@ -173,7 +173,8 @@ class Acquisition:
 
     def open(self) -> tuple[str, int]:
         """Compile the kernels, listen for the modules, start the ingest and writer threads."""
-        warm_up()
+        kernels.warm_up()
+        stats_kernel.warm_up()
         self._listener = TcpListener(*self._listen)
         for m in range(self.layout.n_modules):
             self._spawn(f"ingest-{m}", self._run_ingest)
