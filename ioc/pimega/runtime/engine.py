@@ -33,9 +33,9 @@ from pimega.core.wire import FrameHeader
 from pimega.ingest.counters import ModuleCounters
 from pimega.ingest.ring import FrameRing
 from pimega.ingest.tcp import FrameExpectation, TcpListener, receive
+from pimega.pipeline import kernels, stats_kernel
 from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.correct import apply_corrections, output_dtype
-from pimega.pipeline import kernels, stats_kernel
 from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, preview_factor, roi
 from pimega.writer.hdf5 import NexusMetadata, NexusWriter
 
