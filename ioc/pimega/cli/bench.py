@@ -236,7 +236,8 @@ def bench_end_to_end(module: ModuleGeometry, n_frames: int, depth: int,
                          1e3 / limit, stage.time_per_frame_ms * limit / 1e3)
 
 
-def bench_preview(seconds: float, frame_rate_hz: float) -> Iterator[Figure]:
+def bench_preview(seconds: float, frame_rate_hz: float,
+                  min_callback_s: float) -> Iterator[Figure]:
     """A full-module IOC acquiring continuously; a viewer process monitors the preview while
     this process times control-PV puts with callback (two clients, as a screen and a scan)."""
     from caproto.threading.client import Context
@@ -260,7 +261,7 @@ def bench_preview(seconds: float, frame_rate_hz: float) -> Iterator[Figure]:
             if time.monotonic() > deadline:
                 raise TimeoutError("the IOC did not start")
             time.sleep(0.2)
-        pvs["image1:MinCallbackTime"].write(0.09, wait=True)
+        pvs["image1:MinCallbackTime"].write(min_callback_s, wait=True)
         pvs["cam1:ImageMode"].write(2, wait=True)
         pvs["cam1:AcquirePeriod"].write(1 / frame_rate_hz, wait=True)
         pvs["cam1:Acquire"].write(1, wait=False)
@@ -301,6 +302,8 @@ def run(argv: list[str] | None = None) -> int:
                         help="also run an IOC: preview rate and control-PV round trips")
     parser.add_argument("--preview-fps", type=float, default=100.0,
                         help="frame rate the IOC acquires at during --preview")
+    parser.add_argument("--preview-interval", type=float, default=0.08,
+                        help="image1:MinCallbackTime during --preview, s")
     args = parser.parse_args(argv)
     across, down = (int(v) for v in args.chips.split("x"))
     module = ModuleGeometry(across, down, args.chip_size)
@@ -311,7 +314,7 @@ def run(argv: list[str] | None = None) -> int:
             "ingest": lambda: bench_ingest(module, args.frames),
             "writer": lambda: bench_writer(module, min(args.frames, 100), directory),
             "e2e": lambda: bench_end_to_end(module, args.frames, 12, directory),
-            "preview": lambda: bench_preview(10.0, args.preview_fps),
+            "preview": lambda: bench_preview(10.0, args.preview_fps, args.preview_interval),
         }
         chosen = args.only or [n for n in benches if n != "preview" or args.preview]
         for name in chosen:

@@ -45,6 +45,7 @@ class PimegaIOC(PVGroup):
         # ~50k long-lived PV and record-field objects: keep them out of every GC pass, or a
         # full collection stalls the event loop (and control-PV round trips) for tens of ms
         gc.freeze()
+        previews = asyncio.get_running_loop().create_task(self.image.run_preview())
         while True:
             try:
                 await self.publish()
@@ -52,6 +53,8 @@ class PimegaIOC(PVGroup):
                 log.exception("status refresh failed")
             await instance.write(instance.value + 1)
             await asyncio.sleep(POLL_S)
+            if previews.done():  # a failure there must not pass silently
+                previews.result()
 
     heartbeat = pvproperty(
         value=0, name="Heartbeat_RBV", record="longin", read_only=True,
@@ -66,7 +69,6 @@ class PimegaIOC(PVGroup):
         await self.stats.post_array_geometry(await self.roi.publish_region(), engine.image_dtype)
         await self.cam.publish_status(status)
         await self.pipe.publish(status)
-        await self.image.publish_preview()
         await self.stats.publish_stats(engine.latest_stats(), status.unique_id)
         if status.capture.active:
             await self.hdf.publish_capture(status)

@@ -26,8 +26,8 @@ from .factory import make_group, override
 from .pva import PvaImage
 
 CAPTURE_POLL_S = 0.02
-#: Shortest preview interval: the IOC's status poll publishes at most this often.
-PREVIEW_FLOOR_S = 0.05
+#: Shortest preview interval (50 Hz): a waveform monitor must never go unpaced.
+PREVIEW_FLOOR_S = 0.02
 UPSTREAM_PORT = "PIMEGA"
 
 
@@ -52,14 +52,24 @@ class ImageGroup(PluginGroup, ImageBase):
     port_name = "IMAGE1"
 
     async def on_put(self, name: str, value: Any) -> Any:
-        if name == "MinCallbackTime":  # the pipeline bins no more previews than are shown
-            self.engine.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S))
+        if name == "MinCallbackTime":  # the pipeline makes previews twice as often as shown
+            self.engine.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S) / 2)
         return value
+
+    async def run_preview(self) -> None:
+        """Publish previews forever, one per MinCallbackTime at most, paced on deadlines."""
+        deadline = time.monotonic()
+        while True:
+            await self.publish_preview()
+            deadline += max(self.pv("MinCallbackTime").value, PREVIEW_FLOOR_S)
+            late = time.monotonic() - deadline
+            if late > 0:  # fell behind (a busy loop): start afresh rather than burst
+                deadline += late
+            await asyncio.sleep(deadline - time.monotonic())
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._published_id = 0
-        self._published_at = 0.0
         self.pva: PvaImage | None = None  # set by the IOC where p4p is installed
 
     async def startup(self) -> None:
@@ -69,17 +79,14 @@ class ImageGroup(PluginGroup, ImageBase):
         await self.post_array_geometry(engine.preview_shape, engine.image_dtype)
 
     async def publish_preview(self) -> None:
-        """Publish the engine's newest preview if it is new and MinCallbackTime has passed."""
+        """Publish the engine's newest preview if it is new (``run_preview`` paces this)."""
         if self.pv("EnableCallbacks").value != "Enable":
             return
         preview = self.engine.latest_preview()
-        now = time.monotonic()
         if preview is None or preview[0] == self._published_id:
             return
-        if now - self._published_at < self.pv("MinCallbackTime").value:
-            return
         unique_id, image = preview
-        self._published_id, self._published_at = unique_id, now
+        self._published_id = unique_id
         await self.post_array_geometry(image.shape, image.dtype)
         # the one copy the waveform needs, made off the event loop (NumPy drops the GIL)
         flat = await asyncio.get_running_loop().run_in_executor(None, _as_waveform, image)

@@ -497,7 +497,10 @@ class Acquisition:
         return height // self.preview_factor, width // self.preview_factor
 
     def _publish_preview(self, info: FrameInfo, image: np.ndarray) -> None:
-        self._preview = (info.unique_id, bin_for_preview(image, self.preview_factor))
+        preview = bin_for_preview(image, self.preview_factor)
+        if preview is image:  # unbinned: the pooled buffer will be reused, keep a copy
+            preview = image.copy()
+        self._preview = (info.unique_id, preview)
 
     def _run_writer(self) -> None:
         writer: NexusWriter | None = None
