@@ -57,8 +57,9 @@ class CamGroup(EngineGroup, CamBase):
         except PimegaError as exc:
             await self.post("StatusMessage_RBV", str(exc))
             raise
-        if name == "CounterDepth":
+        if name == "CounterDepth":  # data type and rate limit change everywhere at once
             await self.publish_settings()
+            await self.root.publish()
         return value
 
     async def publish_settings(self) -> None:
