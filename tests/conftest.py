@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,3 +112,18 @@ def small_tmpfs(tmp_path: Path):
         yield mount_point
     finally:
         subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def interrupt_after_frames(interrupt, prefix: str, n_frames: int) -> threading.Thread:
+    """A thread that calls ``interrupt()`` (``RE.abort``, ``RE.stop``) once the IOC's file
+    holds ``n_frames`` frames."""
+    import epics
+
+    def watch() -> None:
+        while (epics.caget(prefix + "HDF1:NumCaptured_RBV", timeout=10) or 0) < n_frames:
+            time.sleep(0.02)
+        interrupt()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

@@ -7,8 +7,6 @@ acquisition, whose frames are numbered from 0.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import epics
@@ -22,6 +20,8 @@ from ophyd.sim import SynAxis
 from pimega.bluesky.ophyd import DATASET, PimegaDetector, read_datum_frames
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.sim.patterns import counter_array_image
+
+from .conftest import interrupt_after_frames
 
 LAYOUT = ArrayLayout(ModuleGeometry(2, 2, 16))
 pytestmark = pytest.mark.slow
@@ -141,20 +141,6 @@ def test_step_scan_records_one_frame_per_motor_point(RE, det):
     assert [f.shape for f in frames] == [(1, *LAYOUT.shape)] * 4
     for frame in frames:
         np.testing.assert_array_equal(frame[0], counter_array_image(LAYOUT, 0, 12))
-
-
-def interrupt_after_frames(interrupt, prefix: str, n_frames: int) -> threading.Thread:
-    """A thread that calls ``interrupt()`` (``RE.abort``, ``RE.stop``) once the file holds
-    ``n_frames`` frames."""
-
-    def watch() -> None:
-        while (epics.caget(prefix + "HDF1:NumCaptured_RBV", timeout=10) or 0) < n_frames:
-            time.sleep(0.02)
-        interrupt()
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize(("interrupt", "exit_status"), [("abort", "abort"), ("stop", "success")])

@@ -7,8 +7,6 @@ acquisition: every step-scan trigger is one, a fly scan is one).
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import bluesky.plan_stubs as bps
@@ -38,6 +36,8 @@ from pimega.bluesky.ophyd_async import (
 )
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.sim.patterns import counter_array_image
+
+from .conftest import interrupt_after_frames
 
 LAYOUT = ArrayLayout(ModuleGeometry(2, 2, 16))
 DATASET = "/entry/data/data"
@@ -192,20 +192,6 @@ def test_step_scan_records_one_frame_per_motor_point(RE, det):
     assert [e["data"]["motor"] for e in events] == [0.0, 1.0, 2.0, 3.0]
     frames = recorded_frames(docs)
     np.testing.assert_array_equal(frames, np.stack([counter_array_image(LAYOUT, 0, 12)] * 4))
-
-
-def interrupt_after_frames(interrupt, prefix: str, n_frames: int) -> threading.Thread:
-    """A thread that calls ``interrupt()`` (``RE.abort``, ``RE.stop``) once the file holds
-    ``n_frames`` frames."""
-
-    def watch() -> None:
-        while (epics.caget(prefix + "HDF1:NumCaptured_RBV", timeout=10) or 0) < n_frames:
-            time.sleep(0.02)
-        interrupt()
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize(("interrupt", "exit_status"), [("abort", "abort"), ("stop", "success")])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from caproto import ChannelType, ErrorResponseReceived, SkipWrite
 from caproto.server import PVGroup, SubGroup
 from caproto.server.records import get_record_registry
 
+from pimega.cli.loopback import loopback_environment
 from pimega.iocs import catalog
 from pimega.iocs.catalog import PVSpec
 from pimega.iocs.factory import CatalogGroup, all_pv_names, attr_name, make_group, override
@@ -358,35 +358,12 @@ run(pvdb, interfaces=["127.0.0.1"], startup_hook=ready)
 """
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on loopback (CA uses the same number for both)."""
-    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        tcp.bind(("127.0.0.1", 0))
-        udp.bind(("127.0.0.1", tcp.getsockname()[1]))
-        return tcp.getsockname()[1]
-
-
-def loopback_env() -> dict[str, str]:
-    server_port, beacon_port = free_port(), free_port()
-    return {
-        "EPICS_CA_ADDR_LIST": "127.0.0.1",
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_CA_SERVER_PORT": str(server_port),
-        "EPICS_CAS_SERVER_PORT": str(server_port),
-        "EPICS_CA_REPEATER_PORT": str(beacon_port),
-        "EPICS_CAS_BEACON_PORT": str(beacon_port),
-    }
-
-
 @pytest.fixture(scope="module")
 def ca_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A caproto threading client Context talking to the catalog server on loopback."""
     from caproto.threading.client import Context
 
-    env = loopback_env()
+    env = loopback_environment()
     log_path = tmp_path_factory.mktemp("ca") / "server.log"
     with pytest.MonkeyPatch.context() as patch, open(log_path, "w") as log:
         for key, value in env.items():
