@@ -127,3 +127,17 @@ def interrupt_after_frames(interrupt, prefix: str, n_frames: int) -> threading.T
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+def assert_ioc_idle(prefix: str) -> None:
+    """After a scan, stopped or not: nothing acquiring, no file open."""
+    import epics
+
+    def text(suffix: str) -> str:
+        value = epics.caget(prefix + suffix, as_string=True, timeout=10)
+        assert value is not None, f"{suffix} did not answer"
+        return value
+
+    assert text("cam1:DetectorState_RBV") in ("Idle", "Aborted")
+    assert text("cam1:Acquire_RBV") == "Done"
+    assert text("HDF1:Capture_RBV") == "Done"

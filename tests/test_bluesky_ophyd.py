@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import epics
 import h5py
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from pimega.bluesky.ophyd import DATASET, PimegaDetector, read_datum_frames
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.sim.patterns import counter_array_image
 
-from .conftest import interrupt_after_frames
+from .conftest import assert_ioc_idle, interrupt_after_frames
 
 LAYOUT = ArrayLayout(ModuleGeometry(2, 2, 16))
 pytestmark = pytest.mark.slow
@@ -65,18 +64,6 @@ def recorded_frames(docs: Documents, key: str = "det_image") -> list[np.ndarray]
         datum = datums[event["data"][key]]
         frames.append(read_datum_frames(resources[datum["resource"]], datum))
     return frames
-
-
-def pv_text(prefix: str, suffix: str) -> str:
-    value = epics.caget(prefix + suffix, as_string=True, timeout=10)
-    assert value is not None, f"{suffix} did not answer"
-    return value
-
-
-def assert_ioc_idle(prefix: str) -> None:
-    assert pv_text(prefix, "cam1:DetectorState_RBV") in ("Idle", "Aborted")
-    assert pv_text(prefix, "cam1:Acquire_RBV") == "Done"
-    assert pv_text(prefix, "HDF1:Capture_RBV") == "Done"
 
 
 def test_stock_cam_and_hdf5_classes_connect_every_signal(connected_det):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-import epics
 import h5py
 import numpy as np
 import pytest
@@ -37,7 +36,7 @@ from pimega.bluesky.ophyd_async import (
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.sim.patterns import counter_array_image
 
-from .conftest import interrupt_after_frames
+from .conftest import assert_ioc_idle, interrupt_after_frames
 
 LAYOUT = ArrayLayout(ModuleGeometry(2, 2, 16))
 DATASET = "/entry/data/data"
@@ -85,18 +84,6 @@ def file_frames(docs: Documents) -> np.ndarray:
 
 def counter_frames(n: int, bit_depth: int = 12) -> np.ndarray:
     return np.stack([counter_array_image(LAYOUT, i, bit_depth) for i in range(n)])
-
-
-def pv_text(prefix: str, suffix: str) -> str:
-    value = epics.caget(prefix + suffix, as_string=True, timeout=10)
-    assert value is not None, f"{suffix} did not answer"
-    return value
-
-
-def assert_ioc_idle(prefix: str) -> None:
-    assert pv_text(prefix, "cam1:DetectorState_RBV") in ("Idle", "Aborted")
-    assert pv_text(prefix, "cam1:Acquire_RBV") == "Done"
-    assert pv_text(prefix, "HDF1:Capture_RBV") == "Done"
 
 
 def fly(det: PimegaDetector, info: TriggerInfo):
