@@ -14,6 +14,7 @@ import pytest
 from caproto.threading.client import Context
 
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
+from pimega.pipeline.stats import bin_for_preview
 from pimega.sim.patterns import counter_array_image
 
 LAYOUT = ArrayLayout(ModuleGeometry(2, 2, 16))
@@ -300,3 +301,18 @@ def test_an_empty_string_clears_a_long_string_pv(pv):
     put(pv, "HDF1:XMLFileName", "")
     assert text(pv, "HDF1:XMLFileName_RBV") == ""
 
+
+
+def test_preview_binning_shrinks_the_preview_and_refuses_nonsense(pv):
+    put(pv, "image1:PreviewBinning", 2)
+    assert (pv("image1:ArraySize1_RBV").get(), pv("image1:ArraySize0_RBV").get()) == (16, 16)
+    put(pv, "cam1:ImageMode", "Single")
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    time.sleep(0.3)
+    assert pv("image1:ArraySize0_RBV").get() == 16
+    expected = bin_for_preview(counter_array_image(LAYOUT, 0, 12), 2)
+    np.testing.assert_array_equal(pv("image1:ArrayData").get(count=16 * 16), expected.ravel())
+    pv("image1:PreviewBinning").put(-1, wait=True, timeout=10)
+    assert pv("image1:PreviewBinning_RBV").get() == 2
+    put(pv, "image1:PreviewBinning", 0)
+    assert pv("image1:ArraySize0_RBV").get() == LAYOUT.shape[1]

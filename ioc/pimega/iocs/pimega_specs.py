@@ -4,7 +4,7 @@ IOCStatusMessage_RBV); the rest follow its style."""
 
 from __future__ import annotations
 
-from .catalog import PVSpec, ai, longin, mbbo, stringin, text
+from .catalog import PVSpec, ai, longin, longout, mbbo, stringin, text
 
 #: ADPimega's CounterDepth states, in its order, and the bit depth each one means.
 COUNTER_DEPTHS = ("1 bit", "12 bits", "6 bits", "24 bits")
@@ -22,4 +22,9 @@ PIMEGA_CAM: tuple[PVSpec, ...] = (
     longin("ProcessedAcquisitionCounter_RBV", doc="Acquisitions processed since start-up"),
     stringin("Backend_RBV", "CPU", doc="Where the pipeline runs: CPU or GPU"),
     text("IOCStatusMessage_RBV", 256, doc="Last message of the back-end"),
+)
+
+PIMEGA_IMAGE: tuple[PVSpec, ...] = (
+    longout("PreviewBinning", 0,
+            doc="Preview binning factor; 0 bins just enough to fit one module (1536x1536)"),
 )

@@ -23,6 +23,7 @@ from pimega.writer.naming import ensure_directory, full_file_name, normalise_pat
 from .base import EngineGroup
 from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
 from .factory import make_group, override
+from .pimega_specs import PIMEGA_IMAGE
 from .pva import PvaImage
 
 CAPTURE_POLL_S = 0.02
@@ -43,7 +44,7 @@ class PluginGroup(EngineGroup):
                               "PluginType_RBV": self.pv("PluginType_RBV").value})
 
 
-ImageBase = make_group("ImageBase", *IMAGE_STACK)
+ImageBase = make_group("ImageBase", *IMAGE_STACK, PIMEGA_IMAGE)
 
 
 class ImageGroup(PluginGroup, ImageBase):
@@ -52,8 +53,12 @@ class ImageGroup(PluginGroup, ImageBase):
     port_name = "IMAGE1"
 
     async def on_put(self, name: str, value: Any) -> Any:
+        engine = self.engine
         if name == "MinCallbackTime":  # the pipeline makes previews twice as often as shown
-            self.engine.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S) / 2)
+            engine.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S) / 2)
+        elif name == "PreviewBinning":
+            engine.set_preview_binning(int(value))  # refuses < 0 or larger than the image
+            await self.post_array_geometry(engine.preview_shape, engine.image_dtype)
         return value
 
     async def run_preview(self) -> None:

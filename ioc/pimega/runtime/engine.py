@@ -486,6 +486,13 @@ class Acquisition:
                 )
             self._idle.set()
 
+    def set_preview_binning(self, factor: int) -> None:
+        """Bin previews by ``factor`` (0: just enough to fit ``preview_max_pixels``)."""
+        if not 0 <= factor <= min(self.image_shape):
+            raise ConfigError(f"preview binning must be 0 (auto) .. {min(self.image_shape)}, "
+                              f"got {factor}")
+        self.preview_binning = factor
+
     @property
     def preview_factor(self) -> int:
         """Binning of the preview: set, or the smallest within ``preview_max_pixels``."""
