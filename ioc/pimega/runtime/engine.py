@@ -167,7 +167,6 @@ class Acquisition:
         self._rate = RateMeter()
         self._preview: tuple[int, np.ndarray] | None = None
         self._stats: Stats | None = None
-        self.frame_listeners: list[Callable[[FrameInfo, np.ndarray], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -462,8 +461,6 @@ class Acquisition:
                 if last or now - last_preview >= settings.preview_interval_s:
                     self._publish_preview(info, image)
                     last_preview = now
-                for listener in self.frame_listeners:
-                    listener(info, image)
                 capture = self._capture
                 if capture is not None and capture.wants_frame():
                     capture.routed += 1
