@@ -316,3 +316,20 @@ def test_preview_binning_shrinks_the_preview_and_refuses_nonsense(pv):
     assert pv("image1:PreviewBinning_RBV").get() == 2
     put(pv, "image1:PreviewBinning", 0)
     assert pv("image1:ArraySize0_RBV").get() == LAYOUT.shape[1]
+
+
+@pytest.mark.parametrize(("mode", "active"), [("On", "Active"), ("Off", "Off")])
+def test_swmr_mode_decides_whether_readers_see_the_file_while_it_is_written(
+    pv, tmp_path, mode, active
+):
+    put(pv, "HDF1:SWMRMode", mode)
+    put(pv, "HDF1:LazyOpen", "No")
+    filename = capture_and_acquire(pv, tmp_path, f"swmr{mode}", "Multiple", 3)
+    assert text(pv, "HDF1:SWMRActive_RBV") == active
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    if mode == "On":  # a live reader, as ophyd-async's collect is
+        with h5py.File(filename, "r", swmr=True) as f:
+            assert f["/entry/data/data"].shape[0] <= 3
+    stop_capture(pv)
+    assert text(pv, "HDF1:SWMRActive_RBV") == "Off"
+    assert_file_frames(filename, 3)

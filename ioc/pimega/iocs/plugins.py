@@ -159,7 +159,7 @@ class HDF5Group(PluginGroup, HDF5Base):
             await self.post("FileNumber", self.pv("FileNumber").value + 1)
         await self.post_many({"FullFileName_RBV": settings.filename, "NumCaptured_RBV": 0,
                               "WriteStatus": "Write OK", "WriteMessage": "",
-                              "SWMRActive_RBV": "Active"})
+                              "SWMRActive_RBV": "Active" if settings.swmr else "Off"})
         await self.post("Capture", 1)
         while not engine.wait_capture(timeout=0):
             await asyncio.sleep(CAPTURE_POLL_S)
@@ -186,6 +186,7 @@ class HDF5Group(PluginGroup, HDF5Base):
             num_capture=1 if mode == "Single" else self.pv("NumCapture").value,
             compression=COMPRESSION[self.pv("Compression").value],  # type: ignore[arg-type]
             lazy_open=self.pv("LazyOpen").value == "Yes",
+            swmr=self.pv("SWMRMode").value == "On",
         )
 
     async def publish_capture(self, status: Status) -> None:

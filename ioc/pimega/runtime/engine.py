@@ -524,7 +524,7 @@ class Acquisition:
                 self._close_writer(writer)
                 writer = NexusWriter(
                     capture.settings.filename, self.layout.shape, self.image_dtype, args[1],
-                    compression=capture.settings.compression,
+                    compression=capture.settings.compression, swmr=capture.settings.swmr,
                 )
                 opened = not capture.settings.lazy_open
                 if opened:
