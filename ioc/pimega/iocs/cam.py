@@ -66,12 +66,11 @@ class CamGroup(EngineGroup, CamBase):
         """Readbacks that follow from the engine's settings and the geometry."""
         engine = self.engine
         settings = engine.settings
+        width, height = engine.layout.width, engine.layout.height
         await self.post_many({
             "MaxFrameRate_RBV": settings.max_frame_rate_hz,
-            "MaxSizeX_RBV": engine.layout.width, "MaxSizeY_RBV": engine.layout.height,
+            "MaxSizeX_RBV": width, "MaxSizeY_RBV": height, "SizeX": width, "SizeY": height,
         })
-        for name in ("SizeX", "SizeY"):
-            await self.post(name, engine.layout.width if name == "SizeX" else engine.layout.height)
         await self.post_array_geometry(engine.image_shape, engine.image_dtype)
 
     async def startup(self) -> None:

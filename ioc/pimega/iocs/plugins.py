@@ -132,9 +132,13 @@ class HDF5Group(PluginGroup, HDF5Base):
                 case "NumCapture" if value < 0:
                     raise ConfigError(f"NumCapture must be ≥ 0, got {value}")
         except PimegaError as exc:
-            await self.post_many({"WriteMessage": str(exc), "WriteStatus": "Write error"})
+            await self.report_write_error(str(exc))
             raise
         return value
+
+    async def report_write_error(self, message: str) -> None:
+        """NDFile's way of saying why: WriteMessage plus WriteStatus "Write error"."""
+        await self.post_many({"WriteMessage": message, "WriteStatus": "Write error"})
 
     async def startup(self) -> None:
         await super().startup()
@@ -153,7 +157,7 @@ class HDF5Group(PluginGroup, HDF5Base):
             settings = self._capture_settings()
             engine.start_capture(settings)
         except PimegaError as exc:
-            await self.post_many({"WriteMessage": str(exc), "WriteStatus": "Write error"})
+            await self.report_write_error(str(exc))
             raise
         if self.pv("AutoIncrement").value == "Yes":
             await self.post("FileNumber", self.pv("FileNumber").value + 1)
@@ -167,8 +171,7 @@ class HDF5Group(PluginGroup, HDF5Base):
         status = engine.status()
         await self.publish_capture(status)
         if status.capture.error:
-            await self.post_many({"WriteMessage": status.capture.error,
-                                  "WriteStatus": "Write error"})
+            await self.report_write_error(status.capture.error)
         await self.post_many({"SWMRActive_RBV": "Off"})
         await self.post("Capture", 0)
         return SkipWrite

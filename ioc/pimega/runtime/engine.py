@@ -152,7 +152,6 @@ class Acquisition:
         self._idle = threading.Event()
         self._idle.set()
         self._threads: list[threading.Thread] = []
-        self._pipeline: threading.Thread | None = None
         self._writer_q: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=image_buffers + 4)
         self._capture: _Capture | None = None
         self._lock = threading.Lock()
@@ -260,10 +259,8 @@ class Acquisition:
             self._idle.clear()
             self._set_state(DetectorState.ACQUIRE, "Acquiring")
             self._armed.set()
-            self._pipeline = threading.Thread(
-                target=self._run_pipeline, args=(settings,), name="pipeline", daemon=True
-            )
-            self._pipeline.start()
+            threading.Thread(target=self._run_pipeline, args=(settings,), name="pipeline",
+                             daemon=True).start()
         if self._detector is not None:
             try:
                 self._detector.start(settings.n_images, settings.frame_rate_hz, settings.bit_depth)
@@ -337,9 +334,10 @@ class Acquisition:
         pool = self._pool
         pool_used = (self._image_buffers - pool.n_free) if pool else 0
         running = self.acquiring
+        ring_used = sum(r.used for r in self._rings)
+        ring_size = sum(r.n_slots for r in self._rings)
         stages = [
-            StageStatus("ingest", bool(self._threads), received, 0.0,
-                        sum(r.used for r in self._rings), sum(r.n_slots for r in self._rings),
+            StageStatus("ingest", bool(self._threads), received, 0.0, ring_used, ring_size,
                         corrupt + gaps),
             StageStatus("decode", running, self._timers["decode"].frames,
                         1e3 * self._timers["decode"].mean_s, pool_used, self._image_buffers,
@@ -359,8 +357,7 @@ class Acquisition:
             frames_dropped=corrupt + gaps + self._unmatched + self._write_failed,
             corrupt_frames=corrupt, frame_rate_hz=fps, throughput_gbps=bps * 8 / 1e9,
             unique_id=self._unique_id, modules=counters, stages=stages, capture=capture,
-            buffer_used=sum(r.used for r in self._rings),
-            buffer_size=sum(r.n_slots for r in self._rings),
+            buffer_used=ring_used, buffer_size=ring_size,
         )
 
     # -- threads ----------------------------------------------------------------------------
@@ -590,8 +587,7 @@ class Acquisition:
             try:
                 writer.close()
             except (WriterError, OSError) as exc:
-                log.error("closing %s failed: %s", writer, exc)
-        return None
+                log.error("closing %s failed: %s", writer.filename, exc)
 
     def _metadata(self) -> NexusMetadata:
         s = self.settings
