@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from pimega.core.errors import ConfigError, WriterError
+from pimega.core.naming import ensure_directory, full_file_name, normalise_path, path_exists
 from pimega.writer.bitshuffle import BitshuffleLZ4Compressor
 from pimega.writer.hdf5 import DATA_PATH, DETECTOR_PATH, NexusMetadata, NexusWriter
-from pimega.writer.naming import ensure_directory, full_file_name, normalise_path, path_exists
 
 SHAPE = (64, 64)
 META = NexusMetadata(bit_depth=24, count_time_s=0.001, frame_time_s=0.0011, n_modules=4,

@@ -26,8 +26,9 @@ import numpy as np
 
 from pimega.core.geometry import MAX_FRAME_RATE_HZ, ArrayLayout, ModuleGeometry
 from pimega.ingest.counters import ModuleCounters
+from pimega.ingest.framing import FrameExpectation, IngestSink
 from pimega.ingest.ring import FrameRing
-from pimega.ingest.tcp import FrameExpectation, TcpListener, receive
+from pimega.ingest.tcp import TcpListener, TcpSource, receive
 from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.kernels import warm_up
 from pimega.runtime.engine import Acquisition
@@ -126,10 +127,10 @@ def _ingest_seconds(module: ModuleGeometry, n_frames: int, depth: int) -> float:
     listener = TcpListener("127.0.0.1", 0)
 
     def serve() -> None:
-        conn = listener.accept(stop)
+        while (conn := listener.accept(stop)) is None and not stop.is_set():
+            continue
         if conn is not None:
-            with conn:
-                receive(conn, [ring], [counters], expected, armed, stop)
+            receive(conn, IngestSink([ring], [counters], expected, armed), stop)
 
     arrivals: list[float] = []
 
@@ -210,8 +211,9 @@ def bench_end_to_end(module: ModuleGeometry, n_frames: int, depth: int,
     cycle), against the detector's read-out limit at ``depth``.
     """
     layout = ArrayLayout(module)
-    with Acquisition(layout) as engine:
-        host, port = engine.address
+    source = TcpSource("127.0.0.1", 0)
+    host, port = source.address
+    with Acquisition(layout, [source]) as engine:
         engine.configure(bit_depth=depth, n_images=n_frames)
         engine.start_capture(CaptureSettings(str(directory / "e2e.h5")))
         engine.start()

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from caproto.asyncio.server import run
 from caproto.server import PVGroup
@@ -14,11 +15,11 @@ from pimega.core.errors import PimegaError
 from pimega.iocs.app import ioc_class
 from pimega.iocs.factory import all_pv_names
 from pimega.iocs.pva import pva_image
-from pimega.runtime.detector import SimulatedDetector
-from pimega.runtime.engine import Acquisition
+from pimega.runtime import NODE_STAGES
 from pimega.sim.sender import SimConfig
 
 from .main import add_geometry_arguments, layout_from
+from .nodes import listening_node, replay_node, simulated_node
 
 log = logging.getLogger("pimega.ioc")
 
@@ -41,6 +42,11 @@ def parser() -> argparse.ArgumentParser:
                         help="start the built-in detector simulator and connect it")
     source.add_argument("--listen", type=parse_address, metavar="HOST:PORT",
                         help="receive wire-v1 frames from an external sender on HOST:PORT")
+    source.add_argument("--replay", type=Path, metavar="FILE",
+                        help="replay a file (NeXus written by pimega, or raw wire frames) at "
+                             "each acquisition, at its frame rate (or --replay-rate)")
+    p.add_argument("--replay-rate", type=float, metavar="HZ",
+                   help="with --replay: frames/s (0: as fast as the pipeline takes them)")
     add_geometry_arguments(p)
     p.add_argument("--pattern", choices=["counter", "phantom"], default="counter",
                    help="simulator pattern (with --sim)")
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     layout = layout_from(args)
-    group_class = ioc_class(layout.n_modules)
+    group_class = ioc_class(layout.n_modules, NODE_STAGES)
     if args.list_pvs:
         print_pv_list(group_class, args.prefix)
         return 0
@@ -68,20 +74,23 @@ def main(argv: list[str] | None = None) -> int:
         print("pimega-ioc: --transport rdma needs an RDMA device and pyverbs; none is "
               "available here, use --transport tcp", file=sys.stderr)
         return 2
-    host, port = args.listen or ("127.0.0.1", 0)
     pva = None
-    engine = Acquisition(layout, host=host, port=port)
     try:
-        address = engine.open()
-        if args.sim or not args.listen:
-            detector = SimulatedDetector(*address, SimConfig(layout=layout, pattern=args.pattern))
-            detector.connect()
-            engine.attach_detector(detector)
-            log.info("simulator connected: %d module(s) of %dx%d", layout.n_modules,
-                     *layout.module.shape)
-        ioc = group_class(prefix=args.prefix, engine=engine)
+        if args.listen:
+            node = listening_node(layout, *args.listen)
+        elif args.replay:
+            node = replay_node(layout, args.replay, args.replay_rate)
+        else:
+            node = simulated_node(layout, SimConfig(layout=layout, pattern=args.pattern))
+    except PimegaError as exc:
+        print(f"pimega-ioc: {exc}", file=sys.stderr)
+        return 1
+    try:
+        node.open()
+        ioc = group_class(prefix=args.prefix, node=node)
         ioc.image.pva = pva = pva_image(args.prefix)
-        print_welcome(args.prefix, layout.shape, address, simulated=not args.listen)
+        print_welcome(args.prefix, layout.shape,
+                      " + ".join(source.description for source in node.sources))
         # SIGTERM (docker stop, systemd) ends like Ctrl-C: the open file gets closed
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         run(ioc.pvdb)
@@ -93,13 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pva is not None:
             pva.close()
-        engine.close()
+        node.close()
     return 0
 
 
-def print_welcome(prefix: str, shape: tuple[int, int], address: tuple[str, int],
-                  simulated: bool) -> None:
-    source = "built-in simulator" if simulated else f"frames on {address[0]}:{address[1]}"
+def print_welcome(prefix: str, shape: tuple[int, int], source: str) -> None:
     print(f"""
 pi-MEGA IOC  prefix {prefix}  image {shape[1]}x{shape[0]}  source: {source}
   caget {prefix}cam1:DetectorState_RBV

@@ -11,11 +11,11 @@ from pathlib import Path
 from pimega.cli import bench
 from pimega.core.errors import PimegaError
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
-from pimega.runtime.detector import SimulatedDetector
-from pimega.runtime.engine import Acquisition
 from pimega.runtime.settings import CaptureSettings
 from pimega.screens import commands as generated_files
 from pimega.sim.sender import SimConfig
+
+from .nodes import replay_node, simulated_node
 
 
 def parse_chips(text: str) -> tuple[int, int]:
@@ -51,14 +51,14 @@ def acquire(argv: list[str]) -> int:
     parser.add_argument("--pattern", choices=["counter", "phantom"], default="counter")
     parser.add_argument("--compression", choices=["none", "bslz4"], default="none")
     parser.add_argument("--output", type=Path, default=Path("pimega_000001.h5"))
+    parser.add_argument("--replay", type=Path, metavar="FILE",
+                        help="frames from a file (NeXus written by pimega, or raw wire frames) "
+                             "instead of the simulator")
     args = parser.parse_args(argv)
     layout = layout_from(args)
-    with Acquisition(layout) as engine:
-        detector = SimulatedDetector(*engine.address, SimConfig(
-            layout=layout, bit_depth=args.depth, n_frames=args.frames,
-            frame_rate_hz=1 / args.period, pattern=args.pattern))
-        detector.connect()
-        engine.attach_detector(detector)
+    node = (replay_node(layout, args.replay) if args.replay else simulated_node(
+        layout, SimConfig(layout=layout, pattern=args.pattern)))
+    with node as engine:
         engine.configure(bit_depth=args.depth, n_images=args.frames,
                          acquire_time_s=args.period, acquire_period_s=args.period)
         engine.start_capture(CaptureSettings(str(args.output), compression=args.compression))

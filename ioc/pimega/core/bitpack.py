@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .geometry import check_bit_depth, chip_stream_bytes
+from .geometry import ModuleGeometry, check_bit_depth, chip_stream_bytes
 from .xp import array_namespace
 
 WORD_BYTES = 3
@@ -79,3 +79,20 @@ def pack(pixels: Any, bit_depth: int) -> Any:
 def chip_streams(payload: Any, n_chips: int, chip_size: int, bit_depth: int) -> Any:
     """View a module payload as ``(n_chips, chip_bytes)`` uint8 (no copy)."""
     return payload.reshape(n_chips, chip_stream_bytes(chip_size, bit_depth))
+
+
+def module_payload(image: np.ndarray, geometry: ModuleGeometry, bit_depth: int) -> np.ndarray:
+    """Wire payload (uint8, ``payload_size``) of one module's assembled image.
+
+    Chips go in chip-major order, each chip's pixel rows in order; chips of the top half
+    (``r < chips_y // 2``) are sent rotated by 180°, as the hardware mounts them. Raises
+    :class:`~pimega.core.errors.ConfigError` for a value that does not fit ``bit_depth``.
+    """
+    if image.shape != geometry.shape:
+        raise ValueError(f"image shape {image.shape} is not the module's {geometry.shape}")
+    s = geometry.chip_size
+    chips = image.reshape(geometry.chips_y, s, geometry.chips_x, s).swapaxes(1, 2)
+    top = geometry.chips_y // 2
+    chips = np.concatenate([chips[:top, :, ::-1, ::-1], chips[top:]])
+    streams = pack(chips.reshape(geometry.n_chips, s * s), bit_depth)
+    return np.ascontiguousarray(streams).reshape(-1)

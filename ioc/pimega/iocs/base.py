@@ -1,4 +1,4 @@
-"""What every π-MEGA PVGroup shares: the engine it drives and the array geometry it shows."""
+"""What every π-MEGA PVGroup shares: the node it drives and the array geometry it shows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from .catalog import DATA_TYPES
 from .factory import CatalogGroup
 
 if TYPE_CHECKING:
-    from pimega.runtime.engine import Acquisition
+    from pimega.runtime import NodeControl
+
+    from .events import Completions
 
 
 _ASCII = str.maketrans({"≥": ">=", "≤": "<=", "²": "^2", "×": "x", "µ": "u", "π": "pi",
@@ -27,20 +29,24 @@ def data_type_name(dtype: np.dtype) -> str:
     return next(name for name in DATA_TYPES if name.lower() == np.dtype(dtype).name)
 
 
-class EngineGroup(CatalogGroup):
-    """A catalog group that finds the engine on the IOC's root group."""
+class NodeGroup(CatalogGroup):
+    """A catalog group that finds the node (and its completions) on the IOC's root group."""
 
     @property
     def root(self) -> Any:
-        """The IOC's root group (it holds the engine and publishes everything)."""
+        """The IOC's root group (it holds the node and publishes everything)."""
         group: Any = self
         while getattr(group, "parent", None) is not None:
             group = group.parent
         return group
 
     @property
-    def engine(self) -> Acquisition:
-        return self.root.engine_
+    def node(self) -> NodeControl:
+        return self.root.node
+
+    @property
+    def completions(self) -> Completions:
+        return self.root.completions
 
     async def post(self, name: str, value: Any) -> None:
         """As CatalogGroup.post, with text made safe for Channel Access."""

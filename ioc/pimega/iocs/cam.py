@@ -1,13 +1,17 @@
-"""``cam1:``: ADBase driver PVs plus π-MEGA's, driving the engine with areaDetector semantics.
+"""``cam1:``: ADBase driver PVs plus π-MEGA's, driving the node with areaDetector semantics.
 
-``Acquire`` is a busy record: a put of 1 returns (put-callback) only when the acquisition
-ends; ``Acquire_RBV`` goes 1 then 0 as separate monitor updates even for one fast frame, as
-ophyd's ``SingleTrigger`` needs. A put of 0 stops the acquisition.
+``Acquire`` is a busy record (:class:`~pimega.iocs.events.Busy`): a put of 1 returns
+(put-callback) only when the acquisition ends — a second client's put joins the running one,
+and a start right after a stop starts a new one once the stopped one has ended.
+``Acquire_RBV`` goes 1 then 0 as separate monitor updates even for one fast frame, as
+ophyd's ``SingleTrigger`` needs. A put of 0 stops the acquisition. The acquisition's settings
+are one snapshot of the PVs, taken when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from caproto import SkipWrite
@@ -15,70 +19,88 @@ from caproto.server import SubGroup
 
 from pimega import __version__
 from pimega.core.errors import ConfigError, PimegaError
-from pimega.runtime.status import Status
+from pimega.runtime import AcquisitionEnded, Status
 
-from .base import EngineGroup
+from .base import NodeGroup
 from .catalog import CAM_STACK
-from .factory import make_group, override
+from .events import Busy
+from .factory import make_group, on_put, override
 from .module_group import ModuleGroup
 from .pimega_specs import DEPTH_OF_STATE, PIMEGA_CAM
 
 CamBase = make_group("CamBase", *CAM_STACK, PIMEGA_CAM)
 
-#: How often the Acquire putter looks at the engine while it waits.
-ACQUIRE_POLL_S = 0.01
+_SETTING_OF_PV = {"AcquireTime": "acquire_time_s", "AcquirePeriod": "acquire_period_s"}
+_IMAGES_OF_MODE = {"Single": lambda n: 1, "Multiple": lambda n: n, "Continuous": lambda n: 0}
 
 
-class CamGroup(EngineGroup, CamBase):
-    """The detector driver: settings go to the engine, Acquire runs it."""
+class CamGroup(NodeGroup, CamBase):
+    """The detector driver: settings go to the node, Acquire runs it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acquisitions = 0
         self._counter_base = 0
+        self._busy: Busy | None = None
 
-    async def on_put(self, name: str, value: Any) -> Any:
-        engine = self.engine
-        try:
-            match name:
-                case "AcquireTime":
-                    engine.configure(acquire_time_s=float(value))
-                case "AcquirePeriod":
-                    engine.configure(acquire_period_s=float(value))
-                case "NumImages":
-                    if value < 1:
-                        raise ConfigError(f"NumImages must be ≥ 1, got {value}")
-                case "CounterDepth":
-                    engine.configure(bit_depth=DEPTH_OF_STATE[value])
-                case "ArrayCounter":
-                    self._counter_base = int(value) - engine.status().frames_processed
-                case "SizeX" | "SizeY" | "MinX" | "MinY" | "BinX" | "BinY":
-                    raise ConfigError(f"{name} is fixed by the module geometry")
-        except PimegaError as exc:
-            await self.post("StatusMessage_RBV", str(exc))
-            raise
-        if name == "CounterDepth":  # data type and rate limit change everywhere at once
-            await self.publish_settings()
-            await self.root.publish()
+    @property
+    def busy(self) -> Busy:
+        if self._busy is None:
+            self._busy = Busy(self.completions, AcquisitionEnded)
+        return self._busy
+
+    async def refused(self, name: str, reason: str) -> None:
+        await self.post("StatusMessage_RBV", reason)
+
+    @on_put("AcquireTime", "AcquirePeriod")
+    async def _timing(self, name: str, value: float) -> float:
+        """Checked now; in force at once when idle, else from the next acquisition."""
+        change = {_SETTING_OF_PV[name]: float(value)}
+        if self.node.acquiring:
+            replace(self.node.settings, **change)  # validates, changes nothing
+        else:
+            self.node.configure(**change)
         return value
 
+    @on_put("NumImages")
+    async def _num_images(self, name: str, value: int) -> int:
+        if value < 1:
+            raise ConfigError(f"NumImages must be ≥ 1, got {value}")
+        return value
+
+    @on_put("CounterDepth")
+    async def _counter_depth(self, name: str, value: str) -> str:
+        self.node.configure(bit_depth=DEPTH_OF_STATE[value])  # refused while acquiring
+        # data type and rate limit change everywhere at once, before the put completes
+        await self.publish_settings()
+        await self.root.publish()
+        return value
+
+    @on_put("ArrayCounter")
+    async def _array_counter(self, name: str, value: int) -> int:
+        self._counter_base = int(value) - self.node.status().frames_processed
+        return value
+
+    @on_put("SizeX", "SizeY", "MinX", "MinY", "BinX", "BinY")
+    async def _geometry(self, name: str, value: int) -> int:
+        raise ConfigError(f"{name} is fixed by the module geometry")
+
     async def publish_settings(self) -> None:
-        """Readbacks that follow from the engine's settings and the geometry."""
-        engine = self.engine
-        settings = engine.settings
-        width, height = engine.layout.width, engine.layout.height
+        """Readbacks that follow from the node's settings and the geometry."""
+        node = self.node
+        width, height = node.layout.width, node.layout.height
         await self.post_many({
-            "MaxFrameRate_RBV": settings.max_frame_rate_hz,
+            "MaxFrameRate_RBV": node.settings.max_frame_rate_hz,
             "MaxSizeX_RBV": width, "MaxSizeY_RBV": height, "SizeX": width, "SizeY": height,
         })
-        await self.post_array_geometry(engine.image_shape, engine.image_dtype)
+        await self.post_array_geometry(node.image_shape, node.image_dtype)
 
     async def startup(self) -> None:
-        """Post the engine's defaults and the detector's identity once the IOC runs."""
-        engine = self.engine
-        settings = engine.settings
+        """Post the node's defaults and the detector's identity once the IOC runs."""
+        node = self.node
+        settings = node.settings
         await self.post_many({
-            "Manufacturer_RBV": "LNLS", "Model_RBV": f"pi-MEGA {engine.layout.n_modules}-module",
+            "Manufacturer_RBV": "LNLS", "Model_RBV": f"pi-MEGA {node.layout.n_modules}-module",
             "DriverVersion_RBV": __version__, "ADCoreVersion_RBV": "3.14.0",
             "PortName_RBV": "PIMEGA", "SerialNumber_RBV": "simulated",
         })
@@ -88,42 +110,50 @@ class CamGroup(EngineGroup, CamBase):
         await self.post("StatusMessage_RBV", "Idle")
         await self.publish_settings()
 
+    def _acquire_settings(self) -> dict[str, Any]:
+        """The snapshot an acquisition runs with, from the PVs as they are now."""
+        return {
+            "acquire_time_s": self.pv("AcquireTime").value,
+            "acquire_period_s": self.pv("AcquirePeriod").value,
+            "bit_depth": DEPTH_OF_STATE[self.pv("CounterDepth").value],
+            "n_images": _IMAGES_OF_MODE[self.pv("ImageMode").value](self.pv("NumImages").value),
+        }
+
+    def _start(self) -> int:
+        self.node.configure(**self._acquire_settings())
+        number = self.node.start()
+        self._counter_base = self.pv("ArrayCounter_RBV").value
+        return number
+
     async def _put_acquire(self, instance: Any, value: Any) -> Any:
-        engine = self.engine
         if value in (0, "Done"):
-            engine.stop()
+            self.busy.stop()
+            self.node.stop()
             return 0  # Acquire reads Done at once, as a busy record does
-        if engine.acquiring:
-            return SkipWrite  # already running: this put changes nothing
-        mode = self.pv("ImageMode").value
-        n_images = {"Single": 1, "Multiple": self.pv("NumImages").value, "Continuous": 0}[mode]
         try:
-            engine.configure(n_images=n_images)
-            engine.start()
+            number = await self.busy.begin(self._start)
         except PimegaError as exc:
             await self.post("StatusMessage_RBV", f"Acquire refused: {exc}")
             raise
-        self._counter_base = self.pv("ArrayCounter_RBV").value
+        if number is None:  # joined a running acquisition, which has ended now
+            return SkipWrite
         await self.post("Acquire", 1)
         await self.post_many({"DetectorState_RBV": "Acquire", "StatusMessage_RBV": "Acquiring"})
-        while engine.acquiring:
-            await asyncio.sleep(ACQUIRE_POLL_S)
-            await self.publish_progress(engine.status())
+        ended: AcquisitionEnded = await self.busy.wait(number)
         if self.pv("WaitForPlugins").value == "Yes":
-            await asyncio.get_running_loop().run_in_executor(None, engine.flush)
+            await asyncio.get_running_loop().run_in_executor(None, self.node.flush)
         await self.root.publish()  # every plugin shows the last frame before Acquire_RBV=0
-        status = engine.status()
         self._acquisitions += 1
         await self.post("ProcessedAcquisitionCounter_RBV", self._acquisitions)
-        await self.post_many({"DetectorState_RBV": str(status.state),
-                              "StatusMessage_RBV": status.message})
+        await self.post_many({"DetectorState_RBV": str(ended.state),
+                              "StatusMessage_RBV": ended.message})
         await self.post("Acquire", 0)
         return SkipWrite
 
     acquire = override(CamBase, "acquire", put=_put_acquire)
 
-    async def publish_progress(self, status: Status) -> None:
-        """Counters that move while frames arrive."""
+    async def publish_status(self, status: Status) -> None:
+        """Everything the periodic poll refreshes (the Acquire putter owns state changes)."""
         await self.post_many({
             "ArrayCounter_RBV": self._counter_base + status.frames_processed,
             "NumImagesCounter_RBV": status.frames_processed,
@@ -135,14 +165,10 @@ class CamGroup(EngineGroup, CamBase):
             "DroppedFrames_RBV": status.frames_dropped,
             "Backend_RBV": status.backend,
             "Backend_BufferUsed_RBV": 100.0 * status.buffer_used / max(status.buffer_size, 1),
+            "IOCStatusMessage_RBV": status.message,
         })
-
-    async def publish_status(self, status: Status) -> None:
-        """Everything the periodic poll refreshes (the Acquire putter owns state changes)."""
-        await self.publish_progress(status)
         if status.state == "Error":
             await self.post_many({"DetectorState_RBV": "Error"})
-        await self.post_many({"IOCStatusMessage_RBV": status.message})
         modules = [getattr(self, f"m{i + 1}") for i in range(len(status.modules))]
         for group, counters in zip(modules, status.modules, strict=True):
             await group.publish(counters, self._acquisitions)

@@ -6,11 +6,13 @@ record type the spec names (``.RTYP``, ``.DISA`` and the other fields come from 
 record support; ``busy`` is registered here as a ``bo`` look-alike).
 
 A client put on a generated setpoint runs, in order: the enum check (an index or string
-outside the record's strings is refused), ``await group.on_put(name, value)`` (return the
-value to keep, raise to refuse: then nothing changes), the echo to ``NAME_RBV`` (the same
-index for enums, whose readback strings may differ) and the commit. Server-side updates
+outside the record's strings is refused), the number check (NaN and infinities refused),
+the group's put hook for that PV if it has one — a method marked with :func:`on_put`,
+``async (self, name, value) -> value`` (return the value to keep, raise to refuse: then
+nothing changes) — the echo to ``NAME_RBV`` (the same index for enums, whose readback
+strings may differ) and the commit. Server-side updates
 (state, counters, geometry) go through ``await group.post(name, value)``, which writes a PV
-and its readback without calling ``on_put``. A PV with its own semantics (the busy records
+and its readback without running a put hook. A PV with its own semantics (the busy records
 Acquire, Capture, FlushNow) takes caproto's usual route, a putter of its own, set on a
 copy of the generated property made by `override` (caproto's ``copy.copy`` of a record
 property recurses forever in caproto 1.3)::
@@ -18,9 +20,10 @@ property recurses forever in caproto 1.3)::
     CamBase = make_group("CamBase", *CAM_STACK)
 
     class CamGroup(CamBase):
-        async def on_put(self, name, value):
-            if name == "AcquireTime" and value <= 0:
-                raise ValueError("AcquireTime must be > 0")
+        @on_put("AcquireTime", "AcquirePeriod")
+        async def _check_time(self, name, value):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0")
             return value
 
         async def _put_acquire(self, instance, value):
@@ -34,6 +37,7 @@ property recurses forever in caproto 1.3)::
 
 from __future__ import annotations
 
+import math
 import re
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -81,25 +85,46 @@ class TextData(PvpropertyChar):
         return await super().write_from_dbr(data, data_type, metadata, flags=flags)
 
 
+PutHook = Callable[[Any, str, Any], Awaitable[Any]]
+
+
+def on_put(*names: str) -> Callable[[PutHook], PutHook]:
+    """Mark a group method as the put hook of the setpoints ``names`` (enums arrive as their
+    string): ``async def hook(self, name, value)`` returns the value to keep or raises."""
+
+    def mark(hook: PutHook) -> PutHook:
+        hook._put_names = names  # type: ignore[attr-defined]
+        return hook
+
+    return mark
+
+
 class CatalogGroup(PVGroup):
-    """Base of the generated groups: catalog lookup, the put hook and server-side posting."""
+    """Base of the generated groups: catalog lookup, put hooks and server-side posting."""
 
     specs: ClassVar[Mapping[str, PVSpec]] = types.MappingProxyType({})
+    #: PV name → name of the method marked with :func:`on_put` for it (collected per class).
+    put_hooks: ClassVar[Mapping[str, str]] = types.MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hooks: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, member in vars(klass).items():
+                for name in getattr(member, "_put_names", ()):
+                    hooks[name] = attr
+        cls.put_hooks = types.MappingProxyType(hooks)
 
     def pv(self, name: str) -> PvpropertyData:
         """The served PV with suffix ``name`` (e.g. ``"FilePath_RBV"``)."""
         return self.pvdb[self.prefix + name]
 
-    async def on_put(self, name: str, value: Any) -> Any:
-        """Hook for a client put on setpoint ``name``; enums arrive as their string.
-
-        Return the value to keep (normally ``value``); raise to refuse the put.
-        """
-        return value
+    async def refused(self, name: str, reason: str) -> None:
+        """Called when a put on ``name`` is refused: show ``reason`` where users look for it."""
 
     async def post(self, name: str, value: Any) -> None:
         """Publish a value the server decided on PV ``name`` and, for a setpoint, its
-        readback (enums take an index or a string); ``on_put`` is not called."""
+        readback (enums take an index or a string); no put hook runs."""
         setpoint = self.pv(name)
         await _force(setpoint, value)
         spec = self.specs.get(name)
@@ -192,13 +217,21 @@ def _pvproperty(spec: PVSpec) -> pvproperty:
 
 
 def _putter(spec: PVSpec) -> Putter:
-    """The caproto putter of a setpoint: enum check, `on_put`, readback echo."""
+    """The caproto putter of a setpoint: enum and number checks, put hook, readback echo."""
 
     async def put(self: PVGroup, instance: ChannelData, value: Any) -> Any:
         group = cast(CatalogGroup, self)
         if isinstance(instance, ChannelEnum):
             _enum_index(instance, value)
-        value = await group.on_put(spec.name, value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{spec.name} needs a finite number, got {value}")
+        hook = group.put_hooks.get(spec.name)
+        if hook is not None:
+            try:
+                value = await getattr(group, hook)(spec.name, value)
+            except ValueError as exc:  # ConfigError is one: the reason goes to a message PV
+                await group.refused(spec.name, str(exc))
+                raise
         if isinstance(instance, ChannelEnum):
             value = instance.enum_strings[_enum_index(instance, value)]
         if spec.readback:

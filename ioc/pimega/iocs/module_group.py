@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import EngineGroup
+from .base import NodeGroup
 from .catalog import NO_YES, PVSpec, ai, bi, longin, text
 from .factory import make_group
 
@@ -20,7 +20,7 @@ MODULE_SPECS: tuple[PVSpec, ...] = (
 )
 
 
-class ModuleGroup(EngineGroup, make_group("ModuleBase", MODULE_SPECS)):
+class ModuleGroup(NodeGroup, make_group("ModuleBase", MODULE_SPECS)):
     """Receive counters of one module (one TCP connection, one frame ring)."""
 
     async def publish(self, counters: dict[str, Any], acquisitions: int) -> None:

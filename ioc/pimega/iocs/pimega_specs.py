@@ -8,7 +8,7 @@ from .catalog import PVSpec, ai, longin, longout, mbbo, stringin, text
 
 #: ADPimega's CounterDepth states, in its order, and the bit depth each one means.
 COUNTER_DEPTHS = ("1 bit", "12 bits", "6 bits", "24 bits")
-DEPTH_OF_STATE = dict(zip(COUNTER_DEPTHS, (1, 12, 6, 24), strict=True))
+DEPTH_OF_STATE: dict[str, int] = dict(zip(COUNTER_DEPTHS, (1, 12, 6, 24), strict=True))
 
 PIMEGA_CAM: tuple[PVSpec, ...] = (
     mbbo("CounterDepth", COUNTER_DEPTHS, "12 bits", doc="Medipix counter depth"),

@@ -1,12 +1,16 @@
-"""``Pipe:``: the pipeline's stages, their timing and queues, and the node's throughput."""
+"""``Pipe:``: the node's stages, their timing and queues, and the node's throughput.
+
+One subgroup per stage the node declares (``Pipe:Ingest:``, ``Pipe:Decode:``, …
+``Pipe:Write:``), so a new stage or consumer gets its PVs (and screens) without code here.
+"""
 
 from __future__ import annotations
 
 from caproto.server import SubGroup
 
-from pimega.runtime.status import StageStatus, Status
+from pimega.runtime import StageStatus, Status
 
-from .base import EngineGroup
+from .base import NodeGroup
 from .catalog import PVSpec, ai, longin, mbbi, stringin
 from .factory import make_group
 
@@ -18,7 +22,7 @@ STAGE_SPECS: tuple[PVSpec, ...] = (
     ai("TimePerFrame_RBV", precision=3, units="ms", doc="Mean time a frame"),
     longin("QueueDepth_RBV", doc="Items waiting"),
     longin("QueueSize_RBV", doc="Queue capacity"),
-    longin("Dropped_RBV", doc="Frames lost here"),
+    longin("Dropped_RBV", doc="Frames lost or skipped here"),
 )
 
 PIPELINE_SPECS: tuple[PVSpec, ...] = (
@@ -32,26 +36,23 @@ PIPELINE_SPECS: tuple[PVSpec, ...] = (
 )
 
 
-class StageGroup(EngineGroup, make_group("StageBase", STAGE_SPECS)):
-    """One stage (``Pipe:Decode:`` …): state, mean time a frame, queue fill, frames lost."""
+class StageGroup(NodeGroup, make_group("StageBase", STAGE_SPECS)):
+    """One stage: state, mean time a frame, queue fill, frames lost."""
 
-    async def publish(self, stage: StageStatus, error: bool) -> None:
+    async def publish(self, stage: StageStatus, node_error: bool) -> None:
+        error = stage.error or (node_error and stage.running)
         await self.post_many({
-            "State_RBV": 2 if error and stage.running else int(stage.running),
+            "State_RBV": 2 if error else int(stage.running),
             "Frames_RBV": stage.frames, "TimePerFrame_RBV": stage.time_per_frame_ms,
             "QueueDepth_RBV": stage.queue_depth, "QueueSize_RBV": stage.queue_size,
             "Dropped_RBV": stage.dropped,
         })
 
 
-class PipelineGroup(EngineGroup, make_group("PipelineBase", PIPELINE_SPECS)):
-    """Node-wide figures and one :class:`StageGroup` per stage."""
+class PipelineGroup(NodeGroup, make_group("PipelineBase", PIPELINE_SPECS)):
+    """Node-wide figures and one :class:`StageGroup` per stage (see :func:`pipeline_group_class`)."""
 
-    ingest = SubGroup(StageGroup, prefix="Ingest:")
-    decode = SubGroup(StageGroup, prefix="Decode:")
-    correct = SubGroup(StageGroup, prefix="Correct:")
-    stats = SubGroup(StageGroup, prefix="Stats:")
-    write = SubGroup(StageGroup, prefix="Write:")
+    stage_names: tuple[str, ...] = ()
 
     async def publish(self, status: Status) -> None:
         await self.post_many({
@@ -61,8 +62,19 @@ class PipelineGroup(EngineGroup, make_group("PipelineBase", PIPELINE_SPECS)):
             "FramesWritten_RBV": status.frames_written,
             "DroppedFrames_RBV": status.frames_dropped, "CorruptFrames_RBV": status.corrupt_frames,
         })
-        stages = {"ingest": self.ingest, "decode": self.decode, "correct": self.correct,
-                  "stats": self.stats, "write": self.write}
         error = status.state == "Error"
         for stage in status.stages:
-            await stages[stage.name].publish(stage, error)
+            group = getattr(self, stage.name, None)
+            if isinstance(group, StageGroup):
+                await group.publish(stage, error)
+
+
+def stage_prefix(name: str) -> str:
+    """``"write"`` → ``"Write:"``: a stage's PV prefix under ``Pipe:``."""
+    return name[:1].upper() + name[1:] + ":"
+
+
+def pipeline_group_class(stage_names: tuple[str, ...]) -> type[PipelineGroup]:
+    """PipelineGroup with one StageGroup per stage, in pipeline order."""
+    stages = {name: SubGroup(StageGroup, prefix=stage_prefix(name)) for name in stage_names}
+    return type("PipelineStagesGroup", (PipelineGroup,), {**stages, "stage_names": stage_names})

@@ -1,8 +1,8 @@
 """The NDPlugin groups: ``image1:`` (preview), ``HDF1:`` (file), ``Stats1:``, ``ROI1:``.
 
-They are views of the one pipeline inside the engine, not separate threads: ROI and
+They are views of the one pipeline inside the node, not separate threads: ROI and
 statistics are computed by the pipeline, the preview is binned there, the file is written by
-the engine's writer thread. Each group publishes what the engine reports.
+the node's writer thread. Each group publishes what the node reports.
 """
 
 from __future__ import annotations
@@ -15,24 +15,22 @@ import numpy as np
 from caproto import SkipWrite
 
 from pimega.core.errors import ConfigError, PimegaError
-from pimega.pipeline.stats import Stats
-from pimega.runtime.settings import CaptureSettings
-from pimega.runtime.status import Status
-from pimega.writer.naming import ensure_directory, full_file_name, normalise_path
+from pimega.core.naming import ensure_directory, full_file_name, normalise_path
+from pimega.runtime import CaptureEnded, CaptureSettings, Stats, Status
 
-from .base import EngineGroup
+from .base import NodeGroup
 from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
-from .factory import make_group, override
+from .events import Busy
+from .factory import make_group, on_put, override
 from .pimega_specs import PIMEGA_IMAGE
 from .pva import PvaImage
 
-CAPTURE_POLL_S = 0.02
 #: Shortest preview interval (50 Hz): a waveform monitor must never go unpaced.
 PREVIEW_FLOOR_S = 0.02
 UPSTREAM_PORT = "PIMEGA"
 
 
-class PluginGroup(EngineGroup):
+class PluginGroup(NodeGroup):
     """NDPluginBase identity: port names and the upstream port, posted at start-up."""
 
     port_name = ""
@@ -52,13 +50,19 @@ class ImageGroup(PluginGroup, ImageBase):
 
     port_name = "IMAGE1"
 
-    async def on_put(self, name: str, value: Any) -> Any:
-        engine = self.engine
-        if name == "MinCallbackTime":  # the pipeline makes previews twice as often as shown
-            engine.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S) / 2)
-        elif name == "PreviewBinning":
-            engine.set_preview_binning(int(value))  # refuses < 0 or larger than the image
-            await self.post_array_geometry(engine.preview_shape, engine.image_dtype)
+    @on_put("MinCallbackTime")
+    async def _min_callback_time(self, name: str, value: float) -> float:
+        if value < 0:
+            raise ConfigError(f"MinCallbackTime must be ≥ 0 s, got {value}")
+        # the pipeline makes previews twice as often as shown
+        self.node.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S) / 2)
+        return value
+
+    @on_put("PreviewBinning")
+    async def _preview_binning(self, name: str, value: int) -> int:
+        node = self.node
+        node.set_preview_binning(int(value))  # refuses < 0 or larger than the image
+        await self.post_array_geometry(node.preview_shape, node.image_dtype)
         return value
 
     async def run_preview(self) -> None:
@@ -80,14 +84,14 @@ class ImageGroup(PluginGroup, ImageBase):
     async def startup(self) -> None:
         """Post the preview's geometry before the first frame (ophyd's ImagePlugin reads it)."""
         await super().startup()
-        engine = self.engine
-        await self.post_array_geometry(engine.preview_shape, engine.image_dtype)
+        node = self.node
+        await self.post_array_geometry(node.preview_shape, node.image_dtype)
 
     async def publish_preview(self) -> None:
-        """Publish the engine's newest preview if it is new (``run_preview`` paces this)."""
+        """Publish the node's newest preview if it is new (``run_preview`` paces this)."""
         if self.pv("EnableCallbacks").value != "Enable":
             return
-        preview = self.engine.latest_preview()
+        preview = self.node.latest_preview()
         if preview is None or preview[0] == self._published_id:
             return
         unique_id, image = preview
@@ -118,22 +122,48 @@ class HDF5Group(PluginGroup, HDF5Base):
 
     port_name = "HDF1"
 
-    async def on_put(self, name: str, value: Any) -> Any:
-        try:
-            match name:
-                case "FilePath":
-                    value = normalise_path(value)
-                    ensure_directory(value, self.pv("CreateDirectory").value)
-                    await self.post("FilePathExists_RBV", "Yes")
-                case "Compression" if value not in COMPRESSION:
-                    raise ConfigError(f"compression {value} is not supported: use None or BSLZ4")
-                case "FileTemplate":
-                    full_file_name("/", "x", value, 0)
-                case "NumCapture" if value < 0:
-                    raise ConfigError(f"NumCapture must be ≥ 0, got {value}")
-        except PimegaError as exc:
-            await self.report_write_error(str(exc))
-            raise
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._busy: Busy | None = None
+        self._settings: CaptureSettings | None = None  # of the capture started last
+
+    @property
+    def busy(self) -> Busy:
+        if self._busy is None:
+            self._busy = Busy(self.completions, CaptureEnded)
+        return self._busy
+
+    async def refused(self, name: str, reason: str) -> None:
+        await self.report_write_error(reason)
+
+    @on_put("FilePath")
+    async def _file_path(self, name: str, value: str) -> str:
+        value = normalise_path(value)
+        ensure_directory(value, self.pv("CreateDirectory").value)
+        await self.post("FilePathExists_RBV", "Yes")
+        return value
+
+    @on_put("Compression")
+    async def _compression(self, name: str, value: str) -> str:
+        if value not in COMPRESSION:
+            raise ConfigError(f"compression {value} is not supported: use None or BSLZ4")
+        return value
+
+    @on_put("FileTemplate")
+    async def _file_template(self, name: str, value: str) -> str:
+        full_file_name(self.pv("FilePath").value or "/", self.pv("FileName").value or "x",
+                       value, self.pv("FileNumber").value)
+        return value
+
+    @on_put("FileName")
+    async def _file_name(self, name: str, value: str) -> str:
+        full_file_name("/", value, "%s%s", 0)  # no separators, within the name limit
+        return value
+
+    @on_put("NumCapture")
+    async def _num_capture(self, name: str, value: int) -> int:
+        if value < 0:
+            raise ConfigError(f"NumCapture must be ≥ 0, got {value}")
         return value
 
     async def report_write_error(self, message: str) -> None:
@@ -146,32 +176,34 @@ class HDF5Group(PluginGroup, HDF5Base):
         await self.post("FileFormat", "HDF5")
         await self.post("SWMRSupported_RBV", "Supported")
 
+    def _start(self) -> int:
+        self._settings = self._capture_settings()
+        return self.node.start_capture(self._settings)
+
     async def _put_capture(self, instance: Any, value: Any) -> Any:
-        engine = self.engine
         if value in (0, "Done"):
-            engine.stop_capture()
+            self.busy.stop()
+            self.node.stop_capture()
             return 0  # Capture reads Done at once, as a busy record does
-        if self.pv("Capture_RBV").value == "Capturing":
-            return SkipWrite  # already running: this put changes nothing
         try:
-            settings = self._capture_settings()
-            engine.start_capture(settings)
+            number = await self.busy.begin(self._start)
         except PimegaError as exc:
             await self.report_write_error(str(exc))
             raise
+        if number is None:  # joined a running capture, which has ended now
+            return SkipWrite
+        settings = self._settings
+        assert settings is not None
         if self.pv("AutoIncrement").value == "Yes":
             await self.post("FileNumber", self.pv("FileNumber").value + 1)
         await self.post_many({"FullFileName_RBV": settings.filename, "NumCaptured_RBV": 0,
                               "WriteStatus": "Write OK", "WriteMessage": "",
                               "SWMRActive_RBV": "Active" if settings.swmr else "Off"})
         await self.post("Capture", 1)
-        while not engine.wait_capture(timeout=0):
-            await asyncio.sleep(CAPTURE_POLL_S)
-            await self.publish_capture(engine.status())
-        status = engine.status()
-        await self.publish_capture(status)
-        if status.capture.error:
-            await self.report_write_error(status.capture.error)
+        ended: CaptureEnded = await self.busy.wait(number)
+        await self.publish_capture(self.node.status())
+        if ended.error:
+            await self.report_write_error(ended.error)
         await self.post_many({"SWMRActive_RBV": "Off"})
         await self.post("Capture", 0)
         return SkipWrite
@@ -198,7 +230,7 @@ class HDF5Group(PluginGroup, HDF5Base):
 
     async def _put_flush_now(self, instance: Any, value: Any) -> Any:
         if value not in (0, "Done"):
-            await asyncio.get_running_loop().run_in_executor(None, self.engine.flush)
+            await asyncio.get_running_loop().run_in_executor(None, self.node.flush)
         return 0
 
     flush_now = override(HDF5Base, "flush_now", put=_put_flush_now)
@@ -213,9 +245,10 @@ class StatsGroup(PluginGroup, StatsBase):
     port_name = "STATS1"
     upstream = "ROI1"
 
-    async def publish_stats(self, stats: Stats | None, unique_id: int) -> None:
-        if stats is None or self.pv("ComputeStatistics").value != "Yes":
+    async def publish_stats(self, latest: tuple[int, Stats] | None) -> None:
+        if latest is None or self.pv("ComputeStatistics").value != "Yes":
             return
+        unique_id, stats = latest
         await self.post_many({
             "Total_RBV": stats.total, "Net_RBV": stats.net, "MinValue_RBV": stats.min_value,
             "MaxValue_RBV": stats.max_value, "MeanValue_RBV": stats.mean,
@@ -238,21 +271,21 @@ class ROIGroup(PluginGroup, ROIBase):
 
     port_name = "ROI1"
 
-    async def on_put(self, name: str, value: Any) -> Any:
-        if name in _ROI_FIELDS:
-            self.engine.set_roi(**{_ROI_FIELDS[name]: int(value)})  # refuses bad values
-            await self.publish_region()
+    @on_put(*_ROI_FIELDS)
+    async def _region(self, name: str, value: int) -> int:
+        self.node.set_roi(**{_ROI_FIELDS[name]: int(value)})  # refuses bad values
+        await self.publish_region()
         return value
 
     async def publish_region(self) -> tuple[int, int]:
         """Post the ROI's output geometry; returns its (height, width)."""
-        engine = self.engine
-        roi = engine.roi
-        height, width = engine.image_shape
+        node = self.node
+        roi = node.roi
+        height, width = node.image_shape
         x0, y0 = min(roi.min_x, width - 1), min(roi.min_y, height - 1)
         size_x = min(roi.size_x or width, width - x0) // roi.bin_x
         size_y = min(roi.size_y or height, height - y0) // roi.bin_y
         await self.post_many({"MaxSizeX_RBV": width, "MaxSizeY_RBV": height,
                               "MaxX": width, "MaxY": height})
-        await self.post_array_geometry((size_y, size_x), engine.image_dtype)
+        await self.post_array_geometry((size_y, size_x), node.image_dtype)
         return size_y, size_x

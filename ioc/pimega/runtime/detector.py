@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pimega.sim.sender import SimConfig, Simulator
-
-CONTINUOUS_FRAMES = 2**62
-
 
 class DetectorControl(Protocol):
+    """Asks the detector (hardware, the simulator, a replay) for frames."""
+
     def start(self, n_frames: int, frame_rate_hz: float, bit_depth: int) -> None:
         """Start sending ``n_frames`` (0: until stopped) numbered from 0."""
         ...
@@ -19,25 +17,3 @@ class DetectorControl(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class SimulatedDetector:
-    """The built-in simulator, connected to the engine's own TCP listener."""
-
-    def __init__(self, host: str, port: int, config: SimConfig) -> None:
-        self._sim = Simulator(host, port, config)
-
-    def connect(self, timeout: float = 10.0) -> None:
-        self._sim.connect(timeout=timeout)
-
-    def start(self, n_frames: int, frame_rate_hz: float, bit_depth: int) -> None:
-        self._sim.acquire(
-            n_frames=n_frames or CONTINUOUS_FRAMES, frame_rate_hz=frame_rate_hz,
-            bit_depth=bit_depth,
-        )
-
-    def stop(self) -> None:
-        self._sim.stop()
-
-    def close(self) -> None:
-        self._sim.close()

@@ -8,12 +8,14 @@ from collections import deque
 
 
 class StageTimer:
-    """Exponentially weighted mean of a stage's seconds per frame (one writer thread)."""
+    """Exponentially weighted mean of a stage's seconds per frame, frames through it and
+    frames it lost (one writer thread; readers see whole values)."""
 
     def __init__(self, weight: float = 0.05) -> None:
         self._weight = weight
         self.mean_s = 0.0
         self.frames = 0
+        self.dropped = 0
 
     def add(self, seconds: float) -> None:
         self.mean_s = seconds if self.frames == 0 else (
@@ -23,7 +25,7 @@ class StageTimer:
 
     def reset(self) -> None:
         self.mean_s = 0.0
-        self.frames = 0
+        self.frames = self.dropped = 0
 
 
 class RateMeter:

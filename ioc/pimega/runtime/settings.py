@@ -54,13 +54,14 @@ class AcquireSettings:
 @dataclass(frozen=True)
 class CaptureSettings:
     """One HDF5 file: its full name, how many frames (0: until stopped), compression, and
-    whether readers may open it while it is written (SWMR: costs 1.5-2x a frame in HDF5)."""
+    whether readers may open it while it is written (SWMR: costs 1.5-2x a frame in HDF5; off
+    by default, as ADCore's SWMRMode)."""
 
     filename: str
     num_capture: int = 0
     compression: Compression = "none"
     lazy_open: bool = False
-    swmr: bool = True
+    swmr: bool = False
 
     def __post_init__(self) -> None:
         if self.num_capture < 0:

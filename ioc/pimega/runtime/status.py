@@ -17,7 +17,8 @@ class DetectorState(StrEnum):
 
 @dataclass(frozen=True)
 class StageStatus:
-    """One pipeline stage: frames through it, mean time a frame, queue fill, frames lost."""
+    """One pipeline stage: frames through it, mean time a frame, queue fill, frames lost, and
+    whether it failed (its thread or source is gone)."""
 
     name: str
     running: bool
@@ -26,6 +27,7 @@ class StageStatus:
     queue_depth: int
     queue_size: int
     dropped: int
+    error: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,4 @@ class Status:
     capture: CaptureStatus = CaptureStatus()
     buffer_used: int = 0
     buffer_size: int = 0
+    acquisition: int = 0

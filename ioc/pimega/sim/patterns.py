@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pimega.core.bitpack import dtype_for_depth, pack
+from pimega.core.bitpack import dtype_for_depth, module_payload
 from pimega.core.geometry import ArrayLayout, ModuleGeometry, check_bit_depth
+
+__all__ = ["COUNTER_PERIOD", "counter_array_image", "counter_image", "module_payload"]
 
 COUNTER_PERIOD = 16
 COL_STEP = 0x8FD631
@@ -69,20 +71,3 @@ def counter_array_image(
             module_id, frame_number, layout.module, bit_depth, period
         )
     return image
-
-
-def module_payload(image: np.ndarray, geometry: ModuleGeometry, bit_depth: int) -> np.ndarray:
-    """Wire payload (uint8, ``payload_size``) of one module's assembled image.
-
-    Chips go in chip-major order, each chip's pixel rows in order; chips of the top half
-    (``r < chips_y // 2``) are sent rotated by 180°, as the hardware mounts them. Raises
-    :class:`~pimega.core.errors.ConfigError` for a value that does not fit ``bit_depth``.
-    """
-    if image.shape != geometry.shape:
-        raise ValueError(f"image shape {image.shape} is not the module's {geometry.shape}")
-    s = geometry.chip_size
-    chips = image.reshape(geometry.chips_y, s, geometry.chips_x, s).swapaxes(1, 2)
-    top = geometry.chips_y // 2
-    chips = np.concatenate([chips[:top, :, ::-1, ::-1], chips[top:]])
-    streams = pack(chips.reshape(geometry.n_chips, s * s), bit_depth)
-    return np.ascontiguousarray(streams).reshape(-1)

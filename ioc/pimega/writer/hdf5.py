@@ -73,7 +73,7 @@ class _Column:
 
     def __init__(self, dataset: h5py.Dataset) -> None:
         self.dataset = dataset
-        self.pending: list[int] = []
+        self.pending: list[float] = []
 
     def flush(self, frames: int) -> None:
         if not self.pending:
@@ -127,7 +127,7 @@ class NexusWriter:
     def __init__(self, filename: str | os.PathLike[str], frame_shape: tuple[int, int],
                  dtype: npt.DTypeLike, metadata: NexusMetadata,
                  compression: Compression = "none", flush_interval_s: float = 0.5,
-                 swmr: bool = True, reserve_bytes: int | None = None) -> None:
+                 swmr: bool = False, reserve_bytes: int | None = None) -> None:
         if compression not in ("none", "bslz4"):
             raise ConfigError(f"compression {compression!r} is not one of 'none', 'bslz4'")
         self.filename = os.fspath(filename)
@@ -186,10 +186,11 @@ class NexusWriter:
         self._last_flush = time.monotonic()
 
     def write(self, image: np.ndarray, frame_number: int, timestamp_ns: int,
-              image_key: int = 0) -> None:
+              image_key: int = 0, angle_deg: float = 0.0) -> None:
         """Append one frame (stored when this returns; ``image`` may be reused at once).
 
-        ``image_key`` follows NXtomo: 0 projection, 1 flat, 2 dark, 3 invalid.
+        ``image_key`` follows NXtomo: 0 projection, 1 flat, 2 dark, 3 invalid; ``angle_deg``
+        is the sample's rotation angle (NXtomo ``/entry/sample/rotation_angle``).
         Raises WriterError on a frame of the wrong shape or dtype, and when the frame cannot be
         kept (disk full, I/O error); after the latter the file is closed, holding every earlier
         frame.
@@ -210,7 +211,7 @@ class NexusWriter:
             self._fail(error)
         self._frames += 1
         for name, value in (("image_key", image_key), ("frame_number", frame_number),
-                            ("timestamp", timestamp_ns)):
+                            ("timestamp", timestamp_ns), ("rotation_angle", angle_deg)):
             self._columns[name].pending.append(value)
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
             self.flush()
@@ -270,7 +271,13 @@ class NexusWriter:
                                               chunks=(_COLUMN_CHUNK,), dtype=dtype)
             self._columns[name] = _Column(dataset)
         self._columns["timestamp"].dataset.attrs["units"] = "ns"
+        sample = _group(entry, "sample", "NXsample")
+        angle = sample.create_dataset("rotation_angle", shape=(0,), maxshape=(None,),
+                                      chunks=(_COLUMN_CHUNK,), dtype=np.float64)
+        angle.attrs["units"] = "degree"
+        self._columns["rotation_angle"] = _Column(angle)
         data_group["image_key"] = self._columns["image_key"].dataset
+        data_group["rotation_angle"] = angle
 
     def _fail(self, error: BaseException) -> NoReturn:
         """Close what can be closed; raise WriterError saying why and how many frames are kept."""

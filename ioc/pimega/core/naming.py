@@ -10,6 +10,10 @@ from pimega.core.errors import ConfigError
 # One C printf conversion: flags, width, precision, length modifier, conversion character.
 _CONVERSION = re.compile(r"%(?P<spec>[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*)?)?[hlL]*)(?P<conv>.?)")
 _INTEGER_CONVERSIONS = frozenset("diouxX")
+#: Widest field a template may ask for: ADCore's own are 3 to 6 digits.
+MAX_FIELD_WIDTH = 20
+#: Longest file name (one path component) most filesystems take, in bytes.
+NAME_MAX = 255
 
 
 def full_file_name(path: str, name: str, template: str, number: int) -> str:
@@ -29,8 +33,20 @@ def full_file_name(path: str, name: str, template: str, number: int) -> str:
             f"FileTemplate {template!r} must contain %s for the path, %s for the name and at "
             f"most one integer conversion (%d, %6.6d, ...) for the number, in that order; "
             f"it has {['%' + c for c in conversions]}")
+    widths = [int(n) for match in matches for n in re.findall(r"\d+", match["spec"])]
+    if any(width > MAX_FIELD_WIDTH for width in widths):
+        raise ConfigError(f"FileTemplate {template!r} asks for a field wider than "
+                          f"{MAX_FIELD_WIDTH} characters")
+    if os.sep in name:
+        raise ConfigError(f"FileName {name!r} must not contain {os.sep!r}: the directory "
+                          "belongs in FilePath")
     values = (path, name, number) if takes_number else (path, name)
-    return template % values
+    full = template % values
+    if not full.startswith(path) or os.sep in full[len(path):]:
+        raise ConfigError(f"FileTemplate {template!r} puts the file outside FilePath: {full!r}")
+    if len(os.path.basename(full).encode()) > NAME_MAX:
+        raise ConfigError(f"file name {os.path.basename(full)!r} is longer than {NAME_MAX} bytes")
+    return full
 
 
 def normalise_path(path: str) -> str:

@@ -1,0 +1,37 @@
+"""Node assembly for the commands: which sources and detector control a node is handed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pimega.core.errors import ConfigError
+from pimega.core.geometry import ArrayLayout
+from pimega.ingest.replay import NexusReplay, RawCaptureReplay
+from pimega.ingest.tcp import TcpSource
+from pimega.runtime.engine import Acquisition
+from pimega.sim.detector import SimulatedDetector
+from pimega.sim.sender import SimConfig
+
+
+def simulated_node(layout: ArrayLayout, config: SimConfig | None = None,
+                   host: str = "127.0.0.1", port: int = 0) -> Acquisition:
+    """A node fed by the built-in simulator over loopback TCP."""
+    source = TcpSource(host, port)
+    detector = SimulatedDetector(*source.address, config or SimConfig(layout=layout))
+    return Acquisition(layout, [source], detector=detector)
+
+
+def listening_node(layout: ArrayLayout, host: str, port: int) -> Acquisition:
+    """A node receiving from external senders (a detector, ``pimega-sim``) on host:port."""
+    return Acquisition(layout, [TcpSource(host, port)])
+
+
+def replay_node(layout: ArrayLayout, path: Path, rate_hz: float | None = None) -> Acquisition:
+    """A node replaying a file: NeXus/HDF5 written by this project, or raw wire frames."""
+    if not path.is_file():
+        raise ConfigError(f"replay file {path} does not exist")
+    with open(path, "rb") as file:
+        signature = file.read(8)
+    replay = (NexusReplay(path, layout, rate_hz) if signature.startswith(b"\x89HDF")
+              else RawCaptureReplay(path, rate_hz))
+    return Acquisition(layout, [replay], detector=replay)

@@ -1,0 +1,82 @@
+"""Stages: what the pipeline thread does to every processed frame, in order, after decode.
+
+A :class:`Stage` works on the pooled image in place or reads it; it must not keep the image
+past :meth:`Stage.process`. Stages that only feed displays (statistics, the preview) are
+rate-limited by the engine (``interval_s``); a stage of every frame has ``interval_s`` None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pimega.core.frame import Frame
+from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
+
+#: The stages every node has, in order: ingest, decode (+ corrections), the rate-limited
+#: display stages, then the file writer; consumers added to a node follow these.
+NODE_STAGES = ("ingest", "decode", "stats", "preview", "write")
+
+
+class Stage(Protocol):
+    name: str
+
+    def interval_s(self) -> float | None:
+        """Shortest time between two runs (None: every frame); the last frame always runs."""
+        ...
+
+    def process(self, frame: Frame) -> None: ...
+
+
+@dataclass(frozen=True)
+class RoiSettings:
+    """NDROI region feeding the statistics (size 0: to the edge of the image)."""
+
+    min_x: int = 0
+    min_y: int = 0
+    size_x: int = 0
+    size_y: int = 0
+    bin_x: int = 1
+    bin_y: int = 1
+
+
+class StatsStage:
+    """NDStats of the NDROI region; :attr:`latest` is (unique id, stats) of the newest."""
+
+    name = "stats"
+
+    def __init__(self, region: Callable[[], RoiSettings], interval: Callable[[], float]) -> None:
+        self._region = region
+        self._interval = interval
+        self.latest: tuple[int, Stats] | None = None
+
+    def interval_s(self) -> float:
+        return self._interval()
+
+    def process(self, frame: Frame) -> None:
+        r = self._region()
+        region = roi(frame.image, r.min_x, r.min_y, r.size_x, r.size_y, r.bin_x, r.bin_y)
+        self.latest = (frame.info.unique_id, compute_stats(region))
+
+
+class PreviewStage:
+    """The newest image binned for display; :attr:`latest` is (unique id, image copy)."""
+
+    name = "preview"
+
+    def __init__(self, factor: Callable[[], int], interval: Callable[[], float]) -> None:
+        self._factor = factor
+        self._interval = interval
+        self.latest: tuple[int, np.ndarray] | None = None
+
+    def interval_s(self) -> float:
+        return self._interval()
+
+    def process(self, frame: Frame) -> None:
+        preview = bin_for_preview(frame.image, self._factor())
+        if preview is frame.image:  # unbinned: the pooled buffer will be reused, keep a copy
+            preview = preview.copy()
+        self.latest = (frame.info.unique_id, preview)
