@@ -24,7 +24,14 @@ from caproto.server.records import get_record_registry
 from pimega.cli.loopback import loopback_environment
 from pimega.iocs import catalog
 from pimega.iocs.catalog import PVSpec
-from pimega.iocs.factory import CatalogGroup, all_pv_names, attr_name, make_group, override
+from pimega.iocs.factory import (
+    CatalogGroup,
+    all_pv_names,
+    attr_name,
+    make_group,
+    on_put,
+    override,
+)
 
 PREFIX = "PCAT:"
 STACKS = {
@@ -255,7 +262,8 @@ def test_put_runs_hook_then_echoes_readback() -> None:
     seen = []
 
     class Checked(make_group("Base", [s for s in catalog.AD_BASE if s.name == "AcquireTime"])):
-        async def on_put(self, name: str, value: Any) -> Any:
+        @on_put("AcquireTime")
+        async def check(self, name: str, value: Any) -> Any:
             seen.append((name, value))
             if value <= 0:
                 raise ValueError("AcquireTime must be > 0")
@@ -268,8 +276,11 @@ def test_put_runs_hook_then_echoes_readback() -> None:
         with pytest.raises(ValueError, match="> 0"):
             await group.pv("AcquireTime").write(-1.0)
 
+        with pytest.raises(ValueError, match="finite"):
+            await group.pv("AcquireTime").write(float("nan"))
+
     asyncio.run(scenario())
-    assert seen == [("AcquireTime", 0.25004), ("AcquireTime", -1.0)]
+    assert seen == [("AcquireTime", 0.25004), ("AcquireTime", -1.0)]  # NaN never reached it
     assert value_of(group, "AcquireTime") == value_of(group, "AcquireTime_RBV") == 0.25
 
 
@@ -290,8 +301,9 @@ def test_enum_put_echoes_the_index_and_refuses_unknown_values() -> None:
 
 def test_post_sets_setpoint_and_readback_without_the_hook() -> None:
     class Refusing(make_group("Base", [s for s in catalog.ND_ARRAY_BASE if s.name == "Acquire"])):
-        async def on_put(self, name: str, value: Any) -> Any:
-            raise AssertionError("post must not call on_put")
+        @on_put("Acquire")
+        async def refuse(self, name: str, value: Any) -> Any:
+            raise AssertionError("post must not run the put hook")
 
     group = Refusing(prefix="T:")
     asyncio.run(group.post("Acquire", 1))

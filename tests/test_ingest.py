@@ -14,8 +14,9 @@ import pytest
 from pimega.core import bitpack, wire
 from pimega.core.wire import FrameHeader, ImageKey
 from pimega.ingest.counters import ModuleCounters
+from pimega.ingest.framing import FrameExpectation, IngestSink
 from pimega.ingest.ring import FrameRing
-from pimega.ingest.tcp import FrameExpectation, TcpListener, receive
+from pimega.ingest.tcp import TcpListener, TcpSource
 
 GEOM = {"chips_x": 2, "chips_y": 2, "chip_size": 16}
 WAIT_S = 10.0  # generous bound on waits; no test relies on it to pass
@@ -51,38 +52,40 @@ def wire_bytes(header: FrameHeader, payload: bytes) -> bytes:
 
 
 class Rig:
-    """Listener, rings, counters and engine-like threads that accept and receive."""
+    """A TCP source with rings and counters, its loops on threads as the engine runs them."""
 
     def __init__(
         self, *, modules: int = 1, depth: int = 24, geom: dict = GEOM, n_slots: int = 8,
-        engines: int = 1, rcvbuf: int | None = None,
+        rcvbuf: int | None = None,
     ) -> None:
         self.expected = FrameExpectation(bit_depth=depth, **geom)
         self.rings = [FrameRing(n_slots, self.expected.payload_size) for _ in range(modules)]
         self.counters = [ModuleCounters() for _ in range(modules)]
         self.armed = threading.Event()
         self.armed.set()
-        self.stop = threading.Event()
         self.errors: list[BaseException] = []
-        self.listener = TcpListener("127.0.0.1", 0, rcvbuf=rcvbuf)
-        self.threads = [threading.Thread(target=self._engine) for _ in range(engines)]
-        for thread in self.threads:
-            thread.start()
+        self.threads: list[threading.Thread] = []
+        self.source = TcpSource("127.0.0.1", 0, rcvbuf=rcvbuf)
+        self.source.open(IngestSink(self.rings, self.counters, self.expected, self.armed),
+                         self._spawn)
 
-    def _engine(self) -> None:
-        try:
-            while (conn := self.listener.accept(self.stop, poll_s=0.05)) is not None:
-                receive(conn, self.rings, self.counters, self.expected, self.armed, self.stop,
-                        poll_s=0.05)
-        except BaseException as err:  # surfaced by close()
-            self.errors.append(err)
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as err:  # surfaced by close()
+                self.errors.append(err)
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        self.threads.append(thread)
 
     def connect(self, sndbuf: int | None = None) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if sndbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         sock.settimeout(WAIT_S)
-        sock.connect(self.listener.address)
+        sock.connect(self.source.address)
         return sock
 
     def take(self, n: int, module: int = 0) -> list[tuple[FrameHeader, bytes]]:
@@ -98,10 +101,9 @@ class Rig:
         return frames
 
     def close(self) -> None:
-        self.stop.set()
+        self.source.close()
         for thread in self.threads:
             thread.join(WAIT_S)
-        self.listener.close()
         assert not any(t.is_alive() for t in self.threads), "receiver did not stop"
         assert not self.errors, self.errors
 
@@ -287,7 +289,7 @@ def _fields(header: FrameHeader) -> dict:
 
 
 def test_two_modules_on_two_connections(make_rig):
-    rig = make_rig(modules=2, engines=2)
+    rig = make_rig(modules=2)
     sent = {m: [make_frame(n, module=m) for n in range(5)] for m in (0, 1)}
     socks = {m: rig.connect() for m in (0, 1)}
     for n in range(5):
@@ -487,7 +489,7 @@ def test_sender_gone_mid_frame_then_reconnect(make_rig, cut_at):
         assert rig.take(2) == sent
     counters = rig.counters[0]
     assert counters.corrupt == 1
-    assert "peer closed inside" in counters.last_error
+    assert "stream ended inside" in counters.last_error
     assert rig.rings[0].used == 0
 
 
@@ -495,10 +497,10 @@ def test_a_flood_of_garbage_is_logged_sparingly(make_rig, caplog):
     rig = make_rig()
     episodes = 50
     stream = b"".join(garbage(64, n) + wire_bytes(*make_frame(n)) for n in range(episodes))
-    with caplog.at_level(logging.WARNING, logger="pimega.ingest.tcp"), rig.connect() as sock:
+    with caplog.at_level(logging.WARNING, logger="pimega.ingest"), rig.connect() as sock:
         sock.sendall(stream)
         rig.take(episodes)
     assert rig.counters[0].corrupt == episodes
-    lines = [r for r in caplog.records if r.name == "pimega.ingest.tcp"]
+    lines = [r for r in caplog.records if r.name.startswith("pimega.ingest")]
     assert 1 <= len(lines) < episodes // 2
     assert "skipped" in lines[0].getMessage()

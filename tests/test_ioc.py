@@ -26,9 +26,21 @@ def ioc(small_ioc):
     return small_ioc
 
 
+#: The settings every test starts from, whatever the test before it left.
+KNOWN_STATE = (
+    ("cam1:Acquire", 0), ("HDF1:Capture", 0), ("cam1:ImageMode", "Single"),
+    ("cam1:NumImages", 1), ("cam1:AcquireTime", 0.001), ("cam1:AcquirePeriod", 0.001),
+    ("cam1:CounterDepth", "12 bits"), ("image1:MinCallbackTime", 0.0),
+    ("image1:PreviewBinning", 0), ("HDF1:NumCapture", 0), ("HDF1:FileWriteMode", "Stream"),
+    ("HDF1:SWMRMode", "Off"), ("HDF1:LazyOpen", "No"), ("HDF1:AutoIncrement", "Yes"),
+    ("HDF1:CreateDirectory", 0), ("HDF1:FileNumber", 1),
+)
+
+
 @pytest.fixture
 def pv(ioc):
-    """``pv("cam1:Acquire")`` → a connected pyepics PV under the IOC's prefix."""
+    """``pv("cam1:Acquire")`` → a connected pyepics PV under the IOC's prefix; the IOC is put
+    in :data:`KNOWN_STATE` first, so one failed test does not spill into the next."""
     cache: dict[str, epics.PV] = {}
 
     def get(suffix: str) -> epics.PV:
@@ -37,11 +49,33 @@ def pv(ioc):
             assert cache[suffix].wait_for_connection(timeout=10), f"{suffix} did not connect"
         return cache[suffix]
 
+    for suffix, value in KNOWN_STATE:
+        put(get, suffix, value)
+    wait_for(get, "cam1:Acquire_RBV", lambda v: v == 0)
+    wait_for(get, "HDF1:Capture_RBV", lambda v: v == 0)
     return get
 
 
 def put(pv, suffix: str, value) -> None:
     assert pv(suffix).put(value, wait=True, timeout=10) is not None, f"put {suffix} timed out"
+
+
+def wait_for(pv, suffix: str, predicate, timeout: float = 10.0):
+    """Wait on a monitor of ``suffix`` until its value satisfies ``predicate``; returns it."""
+    seen = threading.Event()
+    values: list = []
+
+    def update(value, **_) -> None:
+        values.append(value)
+        if predicate(value):
+            seen.set()
+
+    monitor = epics.PV(pv(suffix).pvname, callback=update, auto_monitor=True)
+    try:
+        assert seen.wait(timeout), f"{suffix} never satisfied the condition: {values[-5:]}"
+        return values[-1]
+    finally:
+        monitor.disconnect()
 
 
 def text(pv, suffix: str) -> str:
@@ -94,19 +128,14 @@ def capture_and_acquire(pv, tmp_path, name: str, mode: str, n: int) -> str:
     put(pv, "cam1:ImageMode", mode)
     put(pv, "cam1:NumImages", n)
     pv("HDF1:Capture").put(1, use_complete=True)
-    deadline = time.monotonic() + 10
-    while text(pv, "HDF1:Capture_RBV") != "Capturing":
-        assert time.monotonic() < deadline, "Capture_RBV never went to Capturing"
-        time.sleep(0.02)
+    wait_for(pv, "HDF1:Capture_RBV", lambda v: v == 1)
     return text(pv, "HDF1:FullFileName_RBV")
 
 
 def stop_capture(pv) -> None:
+    """Capture 0; Capture_RBV falls once the file is closed."""
     put(pv, "HDF1:Capture", 0)
-    deadline = time.monotonic() + 10
-    while not pv("HDF1:Capture").put_complete:
-        assert time.monotonic() < deadline, "Capture put-callback never completed"
-        time.sleep(0.02)
+    wait_for(pv, "HDF1:Capture_RBV", lambda v: v == 0)
 
 
 def assert_file_frames(path: str, n: int) -> None:
@@ -142,12 +171,13 @@ def test_single_mode_takes_one_frame(pv, tmp_path):
 def test_acquire_rbv_goes_one_then_zero_for_a_single_frame(pv):
     """ophyd's SingleTrigger completes on a 1 → 0 transition of Acquire_RBV."""
     seen: list[int] = []
-    rbv = epics.PV(pv("cam1:Acquire_RBV").pvname, callback=lambda value, **_: seen.append(value))
-    assert rbv.wait_for_connection(timeout=10)
-    time.sleep(0.2)
-    put(pv, "cam1:ImageMode", "Single")
+    connected = threading.Event()
+    rbv = epics.PV(pv("cam1:Acquire_RBV").pvname, callback=lambda value, **_: seen.append(value),
+                   connection_callback=lambda conn, **_: conn and connected.set())
+    assert connected.wait(10)
+    wait_for(pv, "cam1:Acquire_RBV", lambda v: v == 0)  # the first monitor update came
     pv("cam1:Acquire").put(1, wait=True, timeout=30)
-    time.sleep(0.3)
+    wait_for(pv, "cam1:Acquire_RBV", lambda v: v == 0)
     rbv.disconnect()
     assert seen[-2:] == [1, 0]
 
@@ -156,24 +186,18 @@ def test_continuous_mode_runs_until_acquire_zero_and_abort_leaves_a_readable_fil
     put(pv, "cam1:AcquirePeriod", 0.01)
     filename = capture_and_acquire(pv, tmp_path, "cont", "Continuous", 1)
     acquire = pv("cam1:Acquire")
-    acquire.put(1, use_complete=True)
-    deadline = time.monotonic() + 20
-    while pv("HDF1:NumCaptured_RBV").get() < 5:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert not acquire.put_complete
+    done = threading.Event()
+    acquire.put(1, use_complete=True, callback=lambda **_: done.set())
+    wait_for(pv, "HDF1:NumCaptured_RBV", lambda v: v >= 5, timeout=20)
+    assert not done.is_set()
     put(pv, "cam1:Acquire", 0)
-    deadline = time.monotonic() + 10
-    while not acquire.put_complete:
-        assert time.monotonic() < deadline, "Acquire put-callback never completed"
-        time.sleep(0.02)
+    assert done.wait(10), "Acquire put-callback never completed"
     assert text(pv, "cam1:DetectorState_RBV") == "Aborted"
     stop_capture(pv)
     with h5py.File(filename, "r") as f:
         n = f["/entry/data/data"].shape[0]
     assert n >= 5
     assert_file_frames(filename, n)
-    put(pv, "cam1:AcquirePeriod", 0.001)
 
 
 def test_preview_updates_at_its_rate_with_matching_sizes(pv, ioc):
@@ -181,25 +205,26 @@ def test_preview_updates_at_its_rate_with_matching_sizes(pv, ioc):
     put(pv, "cam1:ImageMode", "Continuous")
     put(pv, "cam1:AcquirePeriod", 0.005)
     updates: list[float] = []
+    running = threading.Event()
     data = epics.PV(ioc.prefix + "image1:ArrayData", auto_monitor=True,
-                    callback=lambda **_: updates.append(time.monotonic()))
+                    callback=lambda **_: running.is_set() and updates.append(time.monotonic()))
     assert data.wait_for_connection(timeout=10)
-    time.sleep(0.3)
-    updates.clear()
+    shown_before = pv("image1:ArrayCounter_RBV").get()
+    running.set()
     pv("cam1:Acquire").put(1, use_complete=True)
-    time.sleep(2.5)
+    wait_for(pv, "image1:ArrayCounter_RBV", lambda v: v >= shown_before + 6, timeout=20)
     put(pv, "cam1:Acquire", 0)
-    time.sleep(0.3)
+    wait_for(pv, "cam1:Acquire_RBV", lambda v: v == 0)
+    running.clear()
     image = data.get()
     data.disconnect()
     height, width = pv("image1:ArraySize1_RBV").get(), pv("image1:ArraySize0_RBV").get()
     assert (height, width) == LAYOUT.shape
-    assert image.size >= height * width
+    shown = image[: height * width].reshape(height, width)
+    assert any(np.array_equal(shown, counter_array_image(LAYOUT, k, 12)) for k in range(16))
     intervals = np.diff(updates)
     assert len(updates) >= 4, updates
     assert intervals.min() >= 0.2 * 0.9, intervals  # never faster than MinCallbackTime
-    put(pv, "cam1:AcquirePeriod", 0.001)
-    put(pv, "image1:MinCallbackTime", 0.0)
 
 
 @pytest.mark.parametrize(
@@ -247,7 +272,7 @@ def test_module_and_pipeline_status_pvs_follow_an_acquisition(pv):
     assert pv("Stats1:Total_RBV").get() > 0
 
 
-def test_ophyd_async_connects_adcore_devices_without_mocks(ioc, RE):
+def test_ophyd_async_connects_adcore_devices_without_mocks(ioc, RE, pv, tmp_path):
     from bluesky.run_engine import call_in_bluesky_event_loop
     from ophyd_async.core import init_devices
     from ophyd_async.epics import adcore
@@ -258,8 +283,9 @@ def test_ophyd_async_connects_adcore_devices_without_mocks(ioc, RE):
             hdf = adcore.NDFileHDF5IO(ioc.prefix + "HDF1:")
             stats = adcore.NDStatsIO(ioc.prefix + "Stats1:")
         assert await driver.array_size_x.get_value() == LAYOUT.shape[1]
-        assert await hdf.file_path_exists.get_value() in (True, False)
-        assert (await stats.total.get_value()) >= 0
+        await hdf.file_path.set(str(tmp_path) + "/")
+        assert await hdf.file_path_exists.get_value() is True
+        assert await stats.total.get_value() == epics.caget(ioc.prefix + "Stats1:Total_RBV")
 
     call_in_bluesky_event_loop(connect(), timeout=60)
 
@@ -282,9 +308,9 @@ def test_capture_put_callback_waits_for_num_capture(pv, tmp_path):
 
 def test_preview_is_served_over_pv_access_as_ntndarray(pv, ioc):
     p4p_client = pytest.importorskip("p4p.client.thread", reason="p4p is not installed")
-    put(pv, "cam1:ImageMode", "Single")
     pv("cam1:Acquire").put(1, wait=True, timeout=30)
-    time.sleep(0.3)
+    unique_id = pv("cam1:UniqueId_RBV").get()
+    wait_for(pv, "image1:UniqueId_RBV", lambda v: v == unique_id)
     context = p4p_client.Context("pva")
     try:
         image = context.get(ioc.prefix + "Pva1:Image", timeout=10)
@@ -306,9 +332,9 @@ def test_an_empty_string_clears_a_long_string_pv(pv):
 def test_preview_binning_shrinks_the_preview_and_refuses_nonsense(pv):
     put(pv, "image1:PreviewBinning", 2)
     assert (pv("image1:ArraySize1_RBV").get(), pv("image1:ArraySize0_RBV").get()) == (16, 16)
-    put(pv, "cam1:ImageMode", "Single")
     pv("cam1:Acquire").put(1, wait=True, timeout=30)
-    time.sleep(0.3)
+    unique_id = pv("cam1:UniqueId_RBV").get()
+    wait_for(pv, "image1:UniqueId_RBV", lambda v: v == unique_id)
     assert pv("image1:ArraySize0_RBV").get() == 16
     expected = bin_for_preview(counter_array_image(LAYOUT, 0, 12), 2)
     np.testing.assert_array_equal(pv("image1:ArrayData").get(count=16 * 16), expected.ravel())
@@ -323,7 +349,6 @@ def test_swmr_mode_decides_whether_readers_see_the_file_while_it_is_written(
     pv, tmp_path, mode, active
 ):
     put(pv, "HDF1:SWMRMode", mode)
-    put(pv, "HDF1:LazyOpen", "No")
     filename = capture_and_acquire(pv, tmp_path, f"swmr{mode}", "Multiple", 3)
     assert text(pv, "HDF1:SWMRActive_RBV") == active
     pv("cam1:Acquire").put(1, wait=True, timeout=30)
@@ -333,3 +358,46 @@ def test_swmr_mode_decides_whether_readers_see_the_file_while_it_is_written(
     stop_capture(pv)
     assert text(pv, "HDF1:SWMRActive_RBV") == "Off"
     assert_file_frames(filename, 3)
+
+
+def test_a_second_clients_acquire_joins_the_running_one_and_completes_with_it(pv, ioc):
+    put(pv, "cam1:ImageMode", "Multiple")
+    put(pv, "cam1:NumImages", 300)
+    put(pv, "cam1:AcquirePeriod", 0.005)
+    first, second = threading.Event(), threading.Event()
+    pv("cam1:Acquire").put(1, use_complete=True, callback=lambda **_: first.set())
+    wait_for(pv, "cam1:Acquire_RBV", lambda v: v == 1)
+    other = epics.PV(ioc.prefix + "cam1:Acquire")  # another channel, as another client's
+    assert other.wait_for_connection(timeout=10)
+    other.put(1, use_complete=True, callback=lambda **_: second.set())
+    assert not second.wait(0.5), "the joined put completed while the acquisition ran"
+    assert first.wait(30) and second.wait(10)
+    assert pv("cam1:NumImagesCounter_RBV").get() == 300  # one acquisition, not two
+    other.disconnect()
+
+
+def test_stop_then_start_at_once_starts_a_new_acquisition(pv):
+    put(pv, "cam1:ImageMode", "Multiple")
+    put(pv, "cam1:NumImages", 500)
+    put(pv, "cam1:AcquirePeriod", 0.005)
+    pv("cam1:Acquire").put(1, use_complete=True)
+    wait_for(pv, "cam1:NumImagesCounter_RBV", lambda v: v >= 3)
+    counter = pv("cam1:ProcessedAcquisitionCounter_RBV").get()
+    put(pv, "cam1:NumImages", 5)
+    pv("cam1:Acquire").put(0)
+    assert pv("cam1:Acquire").put(1, wait=True, timeout=30) is not None
+    assert pv("cam1:ProcessedAcquisitionCounter_RBV").get() == counter + 2
+    assert pv("cam1:NumImagesCounter_RBV").get() == 5  # the new one ran to its end
+    assert text(pv, "cam1:DetectorState_RBV") == "Idle"
+
+
+def test_capture_stop_then_start_opens_a_second_file(pv, tmp_path):
+    first = capture_and_acquire(pv, tmp_path, "again", "Single", 1)
+    pv("HDF1:Capture").put(0)
+    assert pv("HDF1:Capture").put(1, use_complete=True) is not None
+    wait_for(pv, "HDF1:Capture_RBV", lambda v: v == 1)
+    second = text(pv, "HDF1:FullFileName_RBV")
+    assert second != first
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    stop_capture(pv)
+    assert_file_frames(second, 1)

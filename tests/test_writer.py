@@ -263,7 +263,7 @@ def test_swmr_reader_process_sees_frames_grow(tmp_path: Path, compression: str) 
     data = frames(9)
     # flush_interval_s=0: every write() flushes, the path a long acquisition takes every 0.5 s.
     with NexusWriter(path, SHAPE, "u4", META, compression=compression,  # type: ignore[arg-type]
-                     flush_interval_s=0.0) as writer, subprocess.Popen(
+                     flush_interval_s=0.0, swmr=True) as writer, subprocess.Popen(
             [sys.executable, "-c", SWMR_READER, str(path), DATA_PATH,
              f"{DETECTOR_PATH}/frame_number"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

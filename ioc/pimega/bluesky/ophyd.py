@@ -48,7 +48,7 @@ class PimegaCam(AreaDetectorCam):
 
 
 class PipelineStage(Device):
-    """One stage of ``Pipe:`` (Ingest, Decode, Correct, Stats, Write)."""
+    """One stage of ``Pipe:`` (Ingest, Decode, Stats, Preview, Write)."""
 
     state = Cpt(EpicsSignalRO, "State_RBV", string=True)
     frames = Cpt(EpicsSignalRO, "Frames_RBV")
@@ -69,8 +69,8 @@ class PimegaPipeline(Device):
     corrupt_frames = Cpt(EpicsSignalRO, "CorruptFrames_RBV")
     ingest = Cpt(PipelineStage, "Ingest:")
     decode = Cpt(PipelineStage, "Decode:")
-    correct = Cpt(PipelineStage, "Correct:")
     stats = Cpt(PipelineStage, "Stats:")
+    preview = Cpt(PipelineStage, "Preview:")
     write = Cpt(PipelineStage, "Write:")
 
 

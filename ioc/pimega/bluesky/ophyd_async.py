@@ -96,7 +96,7 @@ class PimegaDriverIO(ADBaseIO):
 
 
 class PipelineStageIO(EpicsDevice):
-    """One stage of ``Pipe:`` (Ingest, Decode, Correct, Stats, Write)."""
+    """One stage of ``Pipe:`` (Ingest, Decode, Stats, Preview, Write)."""
 
     state: A[SignalR[PipelineState], PvSuffix("State_RBV")]
     frames: A[SignalR[int], PvSuffix("Frames_RBV")]
@@ -117,8 +117,8 @@ class PimegaPipelineIO(EpicsDevice):
     corrupt_frames: A[SignalR[int], PvSuffix("CorruptFrames_RBV")]
     ingest: A[PipelineStageIO, PvSuffix("Ingest:")]
     decode: A[PipelineStageIO, PvSuffix("Decode:")]
-    correct: A[PipelineStageIO, PvSuffix("Correct:")]
     stats: A[PipelineStageIO, PvSuffix("Stats:")]
+    preview: A[PipelineStageIO, PvSuffix("Preview:")]
     write: A[PipelineStageIO, PvSuffix("Write:")]
 
 

@@ -174,9 +174,10 @@ class ByteReader:
 class FrameReceiver:
     """The receive loop of one byte stream, with its preallocated buffers.
 
-    ``on_frame`` (if given) is called after each frame with a sound header (kept or not), e.g.
-    to pace a replay; it may raise :class:`Stopped` to end the loop. ``activity`` holds the monotonic time of the last byte that made progress, so
-    an owner can tell an idle stream from a working one.
+    ``on_frame`` (if given) is called after each frame with a sound header (kept or not),
+    e.g. to pace a replay; it may raise :class:`Stopped` to end the loop. ``activity`` holds
+    the monotonic time of the last byte that made progress, so an owner can tell an idle
+    stream from a working one.
     """
 
     def __init__(self, recv_into: RecvInto, sink: IngestSink, stop: threading.Event,

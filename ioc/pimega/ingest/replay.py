@@ -13,6 +13,8 @@ back-pressure would), and stop ends it. Useful for tests and for re-processing.
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +51,7 @@ class _Pacer:
                 raise Stopped
 
 
-class _Replay:
+class _Replay(abc.ABC):
     """What both replays share: one loop that waits for a start and replays one run."""
 
     def __init__(self, path: str | Path, rate_hz: float | None) -> None:
@@ -104,15 +106,14 @@ class _Replay:
                                            self._closed.is_set())
                     run, self._run = self._run, None
                 if run is not None:
-                    try:
+                    with contextlib.suppress(Stopped):
                         self._replay(sink, *run)
-                    except Stopped:
-                        pass
         finally:
             self._looping = False
 
+    @abc.abstractmethod
     def _replay(self, sink: IngestSink, n_frames: int, rate_hz: float) -> None:
-        raise NotImplementedError
+        """Put up to ``n_frames`` (0: all) into the sink at ``rate_hz`` (0: at once)."""
 
 
 class RawCaptureReplay(_Replay):

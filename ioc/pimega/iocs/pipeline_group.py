@@ -50,7 +50,7 @@ class StageGroup(NodeGroup, make_group("StageBase", STAGE_SPECS)):
 
 
 class PipelineGroup(NodeGroup, make_group("PipelineBase", PIPELINE_SPECS)):
-    """Node-wide figures and one :class:`StageGroup` per stage (see :func:`pipeline_group_class`)."""
+    """Node-wide figures and one :class:`StageGroup` per stage (:func:`pipeline_group_class`)."""
 
     stage_names: tuple[str, ...] = ()
 
