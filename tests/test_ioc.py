@@ -240,13 +240,44 @@ def test_invalid_puts_are_refused_and_change_nothing(pv, suffix, value):
     assert pv(suffix).get(as_string=True) == before
 
 
-def test_refusals_explain_themselves(pv):
+def test_refusals_explain_themselves(pv, tmp_path):
     pv("cam1:NumImages").put(0, wait=True, timeout=10)
     assert "NumImages must be" in text(pv, "cam1:StatusMessage_RBV")
     put(pv, "HDF1:CreateDirectory", 0)
-    pv("HDF1:FilePath").put("/does/not/exist/", wait=True, timeout=10)
+    pv("HDF1:FilePath").put(f"{tmp_path}/missing/", wait=True, timeout=10)
     assert "does not exist" in text(pv, "HDF1:WriteMessage")
     assert text(pv, "HDF1:WriteStatus") == "Write error"
+
+
+@pytest.mark.parametrize(("suffix", "value", "reason"), [
+    ("HDF1:FilePath", "/etc/", "outside the data directories"),
+    ("HDF1:FileName", "../../victim/important", "must not contain"),
+    ("HDF1:FileTemplate", "%s%s_%.1000000000d.h5", "wider than"),
+    ("HDF1:FileTemplate", "%s%s/../../x%d", "outside FilePath"),
+])
+def test_files_stay_where_they_belong(pv, tmp_path, suffix, value, reason):
+    put(pv, "HDF1:FilePath", f"{tmp_path}/")
+    before = text(pv, suffix + "_RBV")
+    pv(suffix).put(value, wait=True, timeout=10)
+    assert reason in text(pv, "HDF1:WriteMessage")
+    assert text(pv, suffix + "_RBV") == before
+
+
+def test_an_existing_file_is_never_replaced(pv, tmp_path):
+    (tmp_path / "keep_000001.h5").write_bytes(b"precious")
+    put(pv, "HDF1:AutoIncrement", "No")
+    put(pv, "HDF1:FilePath", f"{tmp_path}/")
+    put(pv, "HDF1:FileName", "keep")
+    pv("HDF1:Capture").put(1, wait=True, timeout=10)
+    assert "exists" in text(pv, "HDF1:WriteMessage")
+    assert text(pv, "HDF1:Capture_RBV") == "Done"
+    put(pv, "HDF1:AutoIncrement", "Yes")  # moves on to the next free number instead
+    filename = capture_and_acquire(pv, tmp_path, "keep", "Single", 1)
+    assert filename == f"{tmp_path}/keep_000002.h5"
+    pv("cam1:Acquire").put(1, wait=True, timeout=30)
+    stop_capture(pv)
+    assert (tmp_path / "keep_000001.h5").read_bytes() == b"precious"
+    assert pv("HDF1:FileNumber_RBV").get() == 3
 
 
 def test_counter_depth_sets_the_frame_rate_limit_and_data_type(pv):
@@ -401,3 +432,19 @@ def test_capture_stop_then_start_opens_a_second_file(pv, tmp_path):
     pv("cam1:Acquire").put(1, wait=True, timeout=30)
     stop_capture(pv)
     assert_file_frames(second, 1)
+
+
+def test_a_flood_of_refused_puts_logs_a_line_a_second_not_tracebacks(pv, ioc):
+    log_before = len(ioc.log())
+    bad = pv("cam1:NumImages")
+    t0 = time.monotonic()
+    for _ in range(300):
+        bad.put(0, wait=True, timeout=10)
+    elapsed = time.monotonic() - t0
+    assert pv("cam1:NumImages_RBV").get() == 1
+    wait_for(pv, "Heartbeat_RBV", lambda v: True)
+    logged = ioc.log()[log_before:]
+    assert "Traceback" not in logged
+    refusals = [line for line in logged.splitlines() if "put refused" in line]
+    assert 1 <= len(refusals) <= elapsed + 2, refusals
+    assert "NumImages must be" in refusals[0]

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from caproto.asyncio.server import run
@@ -13,6 +14,7 @@ from caproto.server import PVGroup
 
 from pimega.core.errors import PimegaError
 from pimega.iocs.app import ioc_class
+from pimega.iocs import logfilter
 from pimega.iocs.factory import all_pv_names
 from pimega.iocs.pva import pva_image
 from pimega.runtime import NODE_STAGES
@@ -51,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", choices=["counter", "phantom"], default="counter",
                    help="simulator pattern (with --sim)")
     p.add_argument("--transport", choices=["tcp", "rdma"], default="tcp")
+    p.add_argument("--data-root", action="append", metavar="DIR", dest="data_roots",
+                   help="directory HDF1:FilePath must lie in (repeatable; default: the user's "
+                        "home and the temporary directory)")
     p.add_argument("--list-pvs", action="store_true", help="print every PV and exit")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logfilter.install()
     layout = layout_from(args)
     group_class = ioc_class(layout.n_modules, NODE_STAGES)
     if args.list_pvs:
@@ -87,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         node.open()
-        ioc = group_class(prefix=args.prefix, node=node)
+        roots = args.data_roots or [str(Path.home()), tempfile.gettempdir()]
+        ioc = group_class(prefix=args.prefix, node=node, data_roots=roots)
+        log.info("files only under %s", ", ".join(roots))
         ioc.image.pva = pva = pva_image(args.prefix)
         print_welcome(args.prefix, layout.shape,
                       " + ".join(source.description for source in node.sources))

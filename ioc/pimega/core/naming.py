@@ -4,6 +4,7 @@ FileNumber, CreateDirectory), so a beamline's habits carry over unchanged."""
 import errno
 import os
 import re
+from collections.abc import Sequence
 
 from pimega.core.errors import ConfigError
 
@@ -59,6 +60,20 @@ def normalise_path(path: str) -> str:
     return path.removesuffix(os.sep) + os.sep
 
 
+def check_within(path: str, roots: Sequence[str]) -> None:
+    """Raise ConfigError unless ``path``, resolved (``..`` and symbolic links followed), lies
+    in one of ``roots`` (no roots: anywhere)."""
+    if not roots:
+        return
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(root)
+        if os.path.commonpath([real, base]) == base:
+            return
+    raise ConfigError(f"FilePath {path!r} is outside the data directories this IOC writes to "
+                      f"({', '.join(roots)})")
+
+
 def path_exists(path: str) -> bool:
     """Whether the path names an existing directory (ADCore's FilePathExists)."""
     return os.path.isdir(path)
@@ -90,6 +105,13 @@ def ensure_directory(path: str, create_directory: int) -> None:
         raise ConfigError(f"directory {path!r} does not exist and {reason}")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"directory {path!r} is not writable by this process")
+
+
+def next_free_number(path: str, name: str, template: str, number: int) -> int:
+    """The first file number from ``number`` on whose file does not exist yet."""
+    while os.path.exists(full_file_name(path, name, template, number)):
+        number += 1
+    return number
 
 
 def _create_components(path: str, create_directory: int) -> None:

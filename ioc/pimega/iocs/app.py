@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from caproto.server import PVGroup, SubGroup, pvproperty
@@ -36,8 +37,10 @@ class PimegaIOC(PVGroup):
     stats = SubGroup(StatsGroup, prefix="Stats1:")
     roi = SubGroup(ROIGroup, prefix="ROI1:")
 
-    def __init__(self, *args: Any, node: NodeControl, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, node: NodeControl, data_roots: Sequence[str] = (),
+                 **kwargs: Any) -> None:
         self.node = node
+        self.data_roots = tuple(data_roots)  # HDF1:FilePath must lie in one (none: anywhere)
         self.completions = Completions()
         super().__init__(*args, **kwargs)
 

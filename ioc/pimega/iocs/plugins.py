@@ -8,6 +8,7 @@ the node's writer thread. Each group publishes what the node reports.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -15,7 +16,13 @@ import numpy as np
 from caproto import SkipWrite
 
 from pimega.core.errors import ConfigError, PimegaError
-from pimega.core.naming import ensure_directory, full_file_name, normalise_path
+from pimega.core.naming import (
+    check_within,
+    ensure_directory,
+    full_file_name,
+    next_free_number,
+    normalise_path,
+)
 from pimega.runtime import CaptureEnded, CaptureSettings, Stats, Status
 
 from .base import NodeGroup
@@ -126,6 +133,7 @@ class HDF5Group(PluginGroup, HDF5Base):
         super().__init__(*args, **kwargs)
         self._busy: Busy | None = None
         self._settings: CaptureSettings | None = None  # of the capture started last
+        self._file_number = 0  # the number in its file name
 
     @property
     def busy(self) -> Busy:
@@ -139,6 +147,7 @@ class HDF5Group(PluginGroup, HDF5Base):
     @on_put("FilePath")
     async def _file_path(self, name: str, value: str) -> str:
         value = normalise_path(value)
+        check_within(value, self.root.data_roots)
         ensure_directory(value, self.pv("CreateDirectory").value)
         await self.post("FilePathExists_RBV", "Yes")
         return value
@@ -195,7 +204,7 @@ class HDF5Group(PluginGroup, HDF5Base):
         settings = self._settings
         assert settings is not None
         if self.pv("AutoIncrement").value == "Yes":
-            await self.post("FileNumber", self.pv("FileNumber").value + 1)
+            await self.post("FileNumber", self._file_number + 1)
         await self.post_many({"FullFileName_RBV": settings.filename, "NumCaptured_RBV": 0,
                               "WriteStatus": "Write OK", "WriteMessage": "",
                               "SWMRActive_RBV": "Active" if settings.swmr else "Off"})
@@ -211,10 +220,20 @@ class HDF5Group(PluginGroup, HDF5Base):
     capture = override(HDF5Base, "capture", put=_put_capture)
 
     def _capture_settings(self) -> CaptureSettings:
+        """The capture's snapshot. An existing file is never replaced: with AutoIncrement the
+        number moves on to the next free name, without it the capture is refused."""
         path = self.pv("FilePath").value
+        check_within(path, self.root.data_roots)
         ensure_directory(path, self.pv("CreateDirectory").value)
-        filename = full_file_name(path, self.pv("FileName").value,
-                                  self.pv("FileTemplate").value, self.pv("FileNumber").value)
+        name, template = self.pv("FileName").value, self.pv("FileTemplate").value
+        number = self.pv("FileNumber").value
+        if self.pv("AutoIncrement").value == "Yes":
+            number = next_free_number(path, name, template, number)
+        filename = full_file_name(path, name, template, number)
+        if os.path.exists(filename):
+            raise ConfigError(f"{filename} exists and is not replaced: change FileName or "
+                              "FileNumber, or set AutoIncrement Yes")
+        self._file_number = number
         mode = self.pv("FileWriteMode").value
         return CaptureSettings(
             filename=filename,
