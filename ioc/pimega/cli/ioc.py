@@ -13,8 +13,8 @@ from caproto.asyncio.server import run
 from caproto.server import PVGroup
 
 from pimega.core.errors import PimegaError
-from pimega.iocs.app import ioc_class
 from pimega.iocs import logfilter
+from pimega.iocs.app import ioc_class
 from pimega.iocs.factory import all_pv_names
 from pimega.iocs.pva import pva_image
 from pimega.runtime import NODE_STAGES
