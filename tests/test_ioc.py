@@ -448,3 +448,36 @@ def test_a_flood_of_refused_puts_logs_a_line_a_second_not_tracebacks(pv, ioc):
     refusals = [line for line in logged.splitlines() if "put refused" in line]
     assert 1 <= len(refusals) <= elapsed + 2, refusals
     assert "NumImages must be" in refusals[0]
+
+
+@pytest.mark.parametrize(("suffix", "value"), [
+    ("cam1:AcquireTime", float("nan")), ("cam1:AcquireTime", float("inf")),
+    ("cam1:AcquireTime", 1e308), ("cam1:NumImages", float("nan")), ("HDF1:FileNumber", 1e20),
+    ("HDF1:FileNumber", float("nan")), ("cam1:ArrayCounter", float("-inf")),
+    ("HDF1:AutoIncrement", float("nan")),  # Yes (1) now: NaN must not select state 0
+    ("image1:MinCallbackTime", float("inf")), ("HDF1:FileNumber", 2.5),
+])
+def test_numbers_a_pv_cannot_hold_are_refused_and_the_next_acquisition_runs(pv, suffix, value):
+    readback = suffix + "_RBV"
+    before = pv(readback).get()
+    context = Context()  # the caproto client sends a DOUBLE as given, whatever the PV type
+    try:
+        channel, sync = context.get_pvs(pv(suffix).pvname, pv("cam1:ArrayCallbacks").pvname,
+                                        timeout=10)
+        channel.write([value], data_type=6, wait=False)  # 6: DBR_DOUBLE; refused: no answer
+        sync.write([1], wait=True, timeout=10)  # the circuit handles writes in order
+    finally:
+        context.disconnect()
+    assert pv(readback).get() == before
+    assert pv("cam1:Acquire").put(1, wait=True, timeout=30) is not None
+    assert text(pv, "cam1:DetectorState_RBV") == "Idle"
+
+
+def test_min_callback_time_back_from_long_to_short_takes_effect_at_once(pv):
+    put(pv, "image1:MinCallbackTime", 20.0)
+    put(pv, "image1:MinCallbackTime", 0.0)
+    shown_before = pv("image1:ArrayCounter_RBV").get()
+    put(pv, "cam1:ImageMode", "Continuous")
+    pv("cam1:Acquire").put(1)
+    wait_for(pv, "image1:ArrayCounter_RBV", lambda v: v >= shown_before + 3, timeout=3)
+    put(pv, "cam1:Acquire", 0)

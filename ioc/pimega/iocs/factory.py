@@ -44,9 +44,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from numbers import Integral
 from typing import Any, ClassVar, cast
 
+import caproto as ca
 import numpy as np
 from caproto import ChannelData, ChannelEnum, ChannelType
-from caproto.server import PVGroup, PvpropertyChar, PvpropertyData, pvproperty
+from caproto.server import (
+    PVGroup,
+    PvpropertyChar,
+    PvpropertyData,
+    PvpropertyEnum,
+    PvpropertyInteger,
+    pvproperty,
+)
 from caproto.server.records import BoFields, get_record_registry, register_record
 from caproto.server.typing import Putter
 
@@ -97,6 +105,38 @@ def on_put(*names: str) -> Callable[[PutHook], PutHook]:
         return hook
 
     return mark
+
+
+class _RawValueCheck:
+    """Refuse, before caproto converts it, a client's number that the PV cannot hold: NaN or
+    infinity (to a LONG it would become -2147483648, to an enum state 0), a value out of the
+    LONG range, or a fraction for an enum state."""
+
+    async def write_from_dbr(self, data: Any, data_type: Any, metadata: Any, *,
+                             flags: int = 0) -> Any:
+        native = ca.native_type(data_type)
+        if native in (ChannelType.DOUBLE, ChannelType.FLOAT, ChannelType.LONG,
+                      ChannelType.INT) and len(data):
+            values = np.asarray(data, dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise ValueError(f"{values.tolist()} is not a finite number")
+            if (values != np.round(values)).any():
+                raise ValueError(f"{values.tolist()} is not a whole number")
+            if (np.abs(values) > _INT32_MAX).any():
+                raise ValueError(f"{values.tolist()} is outside the LONG range")
+        return await super().write_from_dbr(  # pyright: ignore[reportAttributeAccessIssue]
+            data, data_type, metadata, flags=flags)
+
+
+class CheckedInteger(_RawValueCheck, PvpropertyInteger):
+    """A LONG/SHORT setpoint that refuses values it cannot hold (see :class:`_RawValueCheck`)."""
+
+
+class CheckedEnum(_RawValueCheck, PvpropertyEnum):
+    """An enum setpoint that refuses non-finite or fractional states."""
+
+
+_INT32_MAX = 2**31 - 1
 
 
 class CatalogGroup(PVGroup):
@@ -200,6 +240,8 @@ def _pvproperty(spec: PVSpec) -> pvproperty:
         kwargs["max_length"] = spec.max_length
         if spec.writable:
             kwargs["dtype"] = TextData
+    elif spec.writable and (spec.max_length or 1) == 1 and spec.ca_type in _CHECKED:
+        kwargs["dtype"] = _CHECKED[spec.ca_type]
     elif (spec.max_length or 1) > 1:  # a waveform; a one-element subArray stays a scalar
         kwargs.update(max_length=spec.max_length, value=list(spec.value))
     if spec.ca_type in _NUMERIC:
@@ -262,5 +304,7 @@ async def _force(instance: ChannelData, value: Any) -> None:
         value = instance.enum_strings[_enum_index(instance, value)]
     await instance.write(value, verify_value=False)
 
+
+_CHECKED = {"LONG": CheckedInteger, "SHORT": CheckedInteger, "ENUM": CheckedEnum}
 
 _RESERVED = frozenset(dir(CatalogGroup)) | frozenset(vars(CatalogGroup(prefix="")))

@@ -34,6 +34,8 @@ from .pva import PvaImage
 
 #: Shortest preview interval (50 Hz): a waveform monitor must never go unpaced.
 PREVIEW_FLOOR_S = 0.02
+#: How often a long preview wait looks at MinCallbackTime again.
+PREVIEW_RECHECK_S = 0.1
 UPSTREAM_PORT = "PIMEGA"
 
 
@@ -73,15 +75,19 @@ class ImageGroup(PluginGroup, ImageBase):
         return value
 
     async def run_preview(self) -> None:
-        """Publish previews forever, one per MinCallbackTime at most, paced on deadlines."""
-        deadline = time.monotonic()
+        """Publish previews forever, one per MinCallbackTime at most, paced on deadlines; a
+        changed MinCallbackTime takes effect within ``PREVIEW_RECHECK_S``."""
+        due = time.monotonic()
         while True:
             await self.publish_preview()
-            deadline += max(self.pv("MinCallbackTime").value, PREVIEW_FLOOR_S)
-            late = time.monotonic() - deadline
-            if late > 0:  # fell behind (a busy loop): start afresh rather than burst
-                deadline += late
-            await asyncio.sleep(deadline - time.monotonic())
+            while (wait := due + self._preview_interval() - time.monotonic()) > 0:
+                await asyncio.sleep(min(wait, PREVIEW_RECHECK_S))
+            due += self._preview_interval()
+            if time.monotonic() - due > self._preview_interval():  # fell behind: no burst
+                due = time.monotonic()
+
+    def _preview_interval(self) -> float:
+        return max(self.pv("MinCallbackTime").value, PREVIEW_FLOOR_S)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -14,6 +14,8 @@ from pimega.core.geometry import MAX_FRAME_RATE_HZ, check_bit_depth
 from pimega.pipeline.correct import Corrections
 
 Compression = Literal["none", "bslz4"]
+#: Longest exposure or period accepted (a day): beyond it a typo, not an experiment.
+MAX_TIME_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,12 @@ class AcquireSettings:
         if self.n_images < 0:
             raise ConfigError(
                 f"number of images must be ≥ 0 (0: until stopped), got {self.n_images}")
-        if self.acquire_time_s <= 0:
-            raise ConfigError(f"acquire time must be > 0 s, got {self.acquire_time_s}")
-        if self.acquire_period_s < 0:
-            raise ConfigError(f"acquire period must be ≥ 0 s, got {self.acquire_period_s}")
+        if not 0 < self.acquire_time_s <= MAX_TIME_S:
+            raise ConfigError(f"acquire time must be > 0 s and ≤ {MAX_TIME_S:g} s, got "
+                              f"{self.acquire_time_s}")
+        if not 0 <= self.acquire_period_s <= MAX_TIME_S:
+            raise ConfigError(f"acquire period must be ≥ 0 s and ≤ {MAX_TIME_S:g} s, got "
+                              f"{self.acquire_period_s}")
         if self.preview_interval_s < 0 or self.stats_interval_s < 0:
             raise ConfigError("preview and statistics intervals must be ≥ 0 s")
 
