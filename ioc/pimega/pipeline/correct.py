@@ -56,16 +56,17 @@ class Corrections:
         return self.dark is not None or self.flat is not None
 
     @cached_property
-    def _dark(self) -> Any:
+    def dark_float(self) -> Any:
+        """The dark as float32 (kept: every frame subtracts it)."""
         return self.dark.astype(FLOAT)
 
     @cached_property
-    def _denominator(self) -> Any:
+    def denominator(self) -> Any:
         """``flat − dark`` as float32, +inf where ≤ 0 or bad: dividing by it then gives 0."""
         xp = array_namespace(self.flat)
         denominator = self.flat.astype(FLOAT)
         if self.dark is not None:
-            denominator -= self._dark
+            denominator -= self.dark_float
         unusable = denominator <= 0
         if self.bad_pixel_mask is not None:
             unusable |= self.bad_pixel_mask
@@ -102,11 +103,11 @@ def apply_corrections(image: Any, corrections: Corrections, out: Any = None) -> 
         raise ConfigError(f"out is {out.dtype} {tuple(out.shape)}, expected {dtype} "
                           f"{tuple(image.shape)}")
     if corrections.dark is not None:
-        xp.subtract(image, corrections._dark, out=out, dtype=FLOAT)
+        xp.subtract(image, corrections.dark_float, out=out, dtype=FLOAT)
     elif out is not image:
         out[...] = image
     if corrections.flat is not None:
-        xp.divide(out, corrections._denominator, out=out)  # bad pixels divide by +inf
+        xp.divide(out, corrections.denominator, out=out)  # bad pixels divide by +inf
     elif corrections.bad_pixel_mask is not None:
         out[corrections._bad_pixels] = 0
     return out

@@ -55,7 +55,7 @@ def compute_stats(image: Any, centroid_threshold: float = 0.0) -> Stats:
         moments = kernel_moments(image, centroid_threshold)
         if moments is not None and math.isfinite(moments[0]):
             total, sum_sq, *weighted, min_y, min_x, max_y, max_x = moments
-            return _stats(image, total, sum_sq, weighted, (min_y, min_x), (max_y, max_x))
+            return stats_from_moments(image, total, sum_sq, weighted, (min_y, min_x), (max_y, max_x))
     return reference_stats(image, centroid_threshold)
 
 
@@ -75,7 +75,7 @@ def reference_stats(image: Any, centroid_threshold: float = 0.0) -> Stats:
         weights = xp.where(values >= centroid_threshold, values, 0.0)
         profiles = weights.sum(axis=0), weights.sum(axis=1)
     weighted = _weighted_moments(xp, weights, *profiles)
-    return _stats(image, total, sum_sq, weighted, min_at, max_at)
+    return stats_from_moments(image, total, sum_sq, weighted, min_at, max_at)
 
 
 def _check_image(image: Any) -> None:
@@ -93,8 +93,8 @@ def _weighted_moments(xp: Any, weights: Any, profile_x: Any,
             float(xp.dot(ys, weights @ xs)))
 
 
-def _stats(image: Any, total: float, sum_sq: float, weighted: Sequence[float],
-           min_at: tuple[int, int], max_at: tuple[int, int]) -> Stats:
+def stats_from_moments(image: Any, total: float, sum_sq: float, weighted: Sequence[float],
+                       min_at: tuple[int, int], max_at: tuple[int, int]) -> Stats:
     """:class:`Stats` from the sums, the weighted moments and the (row, column) of min / max."""
     mean = total / image.size
     return Stats(
@@ -146,7 +146,7 @@ def _bin_sums(image: Any, bin_y: int, bin_x: int) -> Any:
     return sums
 
 
-def _clip_span(start: int, size: int, extent: int) -> tuple[int, int]:
+def clip_span(start: int, size: int, extent: int) -> tuple[int, int]:
     """NDROI: start clipped into the image, size ≤ 0 meaning to the edge, end clipped."""
     start = min(max(start, 0), extent - 1)
     end = extent if size <= 0 else min(start + size, extent)
@@ -160,8 +160,8 @@ def roi(image: Any, min_x: int, min_y: int, size_x: int, size_y: int,
     Without binning it is a view of ``image``. Binning (clipped to 1 … the ROI size, like
     NDROI) sums blocks into uint64 / int64 / float64 and drops edges that fill no whole bin.
     """
-    y0, y1 = _clip_span(min_y, size_y, image.shape[0])
-    x0, x1 = _clip_span(min_x, size_x, image.shape[1])
+    y0, y1 = clip_span(min_y, size_y, image.shape[0])
+    x0, x1 = clip_span(min_x, size_x, image.shape[1])
     region = image[y0:y1, x0:x1]
     bin_y = min(max(bin_y, 1), y1 - y0)
     bin_x = min(max(bin_x, 1), x1 - x0)

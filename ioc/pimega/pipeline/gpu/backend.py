@@ -1,0 +1,533 @@
+"""The ``gpu`` backend: CuPy device memory, pinned host memory, streams and events; the
+numba-cuda kernels of :mod:`.kernels`. CuPy is imported here only, when a backend is made.
+
+:class:`GpuBackend` (``pipeline.backend.Backend``): ``name`` ("GPU"), ``host_empty`` (pinned
+arrays for frame rings and image pools), ``warm_up``, ``processor``, ``status``, ``close``.
+Made without CuPy, numba-cuda or a device, it raises
+:class:`~pimega.core.errors.ConfigError` saying which, so ``auto`` can fall back to the CPU.
+A device that fails later raises :class:`GpuError`.
+
+:class:`GpuProcessor` is the conveyor of one acquisition, its buffers allocated when made:
+
+- ``submit(frames, roi=None, preview_factor=None) -> Ticket`` queues a batch of 1 to
+  ``batch_size`` frames, each ``(payloads, out)``: ``payloads`` one contiguous uint8 1-D view
+  a module (≥ ``payload_size`` bytes: slices of pinned ring slots), ``out`` a pinned host
+  image of ``layout.shape`` and :func:`~pimega.pipeline.correct.output_dtype`. With ``roi``
+  (anything with ``min_x``, ``min_y``, ``size_x``, ``size_y``, ``bin_x``, ``bin_y``, as
+  ``stats.roi`` takes them) the batch's last image gets the NDStats figures of that region,
+  as ``compute_stats(roi(image, ...))``; with ``preview_factor`` its ``bin_for_preview``.
+  Payloads and ``out`` must stay untouched until the ticket is collected.
+- ``collect(ticket) -> FrameResult`` waits for the batch (polling its last event: a lost or
+  hung device raises :class:`GpuError`, never hangs); the ``out`` images are then filled, and
+  the result holds the stats and preview asked for, else None.
+- ``process(payloads, out) -> None``: one frame, submitted and collected (the
+  ``FrameProcessor`` protocol of ``pipeline.backend``).
+
+Three slots of device buffers turn in order: while batch k's images, stats and preview come
+back on one stream, batch k+1 is decoded, assembled, corrected, measured and binned on a
+second, and batch k+2 is copied in on a third, each stream waiting on the others' events; a
+fourth ``submit`` first finishes the oldest batch (its results wait in its ticket). Images
+come back straight into ``out``. Events around each step give the GPU time per stage.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from pimega.core.bitpack import dtype_for_depth
+from pimega.core.errors import ConfigError, PimegaError
+from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry, check_bit_depth
+from pimega.pipeline.correct import Corrections, output_dtype
+from pimega.pipeline.stats import Stats, clip_span, stats_from_moments
+
+#: The steps the conveyor times, each between two events of a batch.
+SPANS = {"h2d": ("h2d", "h2d_end"), "assemble": ("compute", "assemble"),
+         "correct": ("assemble", "correct"), "stats": ("correct", "stats"),
+         "preview": ("stats", "preview"), "d2h": ("d2h_start", "d2h")}
+STAGES = tuple(SPANS)
+SLOTS = 3
+_POLL_S = 2e-4
+_H2D, _D2H = 1, 2  # cudaMemcpyKind
+
+
+class GpuError(PimegaError):
+    """The GPU failed: out of memory, lost, or a batch that did not finish in time."""
+
+
+class Roi(Protocol):
+    """An NDROI region as ``pimega.pipeline.stats.roi`` takes it (size ≤ 0: to the edge)."""
+
+    @property
+    def min_x(self) -> int: ...
+    @property
+    def min_y(self) -> int: ...
+    @property
+    def size_x(self) -> int: ...
+    @property
+    def size_y(self) -> int: ...
+    @property
+    def bin_x(self) -> int: ...
+    @property
+    def bin_y(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class WholeImage:
+    """A :class:`Roi` covering the whole image (size 0 runs to the edge), binned as given."""
+
+    bin_x: int = 1
+    bin_y: int = 1
+    min_x: int = 0
+    min_y: int = 0
+    size_x: int = 0
+    size_y: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class FrameResult:
+    """What a batch's last image yielded: its stats and preview where asked for."""
+
+    stats: Stats | None = None
+    preview: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A submitted batch; :meth:`GpuProcessor.collect` turns it into its :class:`FrameResult`."""
+
+    n_frames: int
+    slot: int
+    roi_pixels: int  # pixels the stats cover (0: no stats)
+    preview_shape: tuple[int, int] | None
+    result: FrameResult | None = None
+
+
+@dataclass
+class _Meters:
+    """GPU milliseconds and counts per stage, host→device bytes, frames in flight."""
+
+    ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    h2d_bytes: int = 0
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class _Region:
+    """Where the stats of an ROI are taken: the ROI's clipped span and its binning."""
+
+    y0: int
+    x0: int
+    rows: int  # of the binned ROI
+    cols: int
+    bin_y: int
+    bin_x: int
+
+
+class _Extremes:
+    """What ``stats.stats_from_moments`` reads of an image: its size and its values at min and max."""
+
+    def __init__(self, size: int, values: dict[tuple[int, int], float]) -> None:
+        self.size = size
+        self._values = values
+
+    def __getitem__(self, at: tuple[int, int]) -> float:
+        return self._values[at]
+
+
+class GpuBackend:
+    """CuPy + numba-cuda on the current CUDA device (see the module docstring).
+
+    ``batch_size``: most frames a processor takes per ``submit``; ``timeout_s``: the longest
+    wait for the device before :class:`GpuError`.
+    """
+
+    name = "GPU"
+
+    def __init__(self, batch_size: int = 4, timeout_s: float = 10.0) -> None:
+        try:
+            import cupy  # pyright: ignore[reportMissingImports]
+            import cupyx  # pyright: ignore[reportMissingImports]
+        except ImportError as exc:
+            raise ConfigError(f"GPU backend unavailable: CuPy not installed ({exc})") from exc
+        try:
+            from numba import cuda
+            from numba.cuda.cudadrv import driver, error
+
+            from . import kernels
+        except ImportError as exc:
+            raise ConfigError(f"GPU backend unavailable: numba-cuda not installed ({exc})"
+                              ) from exc
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except cupy.cuda.runtime.CUDARuntimeError as exc:
+            raise ConfigError(f"GPU backend unavailable: no CUDA device ({exc})") from exc
+        if count < 1:
+            raise ConfigError("GPU backend unavailable: no CUDA device")
+        if batch_size < 1:
+            raise ConfigError(f"GPU batch size must be ≥ 1, got {batch_size}")
+        self.cp, self.cupyx, self.cuda, self.kernels = cupy, cupyx, cuda, kernels
+        self._errors = (cupy.cuda.runtime.CUDARuntimeError, cupy.cuda.driver.CUDADriverError,
+                        driver.CudaAPIError, error.CudaSupportError)
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self.meters = _Meters()
+        self.failure: str | None = None
+        self._processors: weakref.WeakSet[GpuProcessor] = weakref.WeakSet()
+        with self.device_errors("reading the device's properties"):
+            device = cupy.cuda.Device().id
+            self.device_name = cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
+
+    def host_empty(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+        """An uninitialised NumPy array in pinned (page-locked) host memory."""
+        with self.device_errors(f"allocating pinned host memory for {shape} {dtype}"):
+            return self.cupyx.empty_pinned(shape, dtype=dtype)
+
+    def warm_up(self) -> None:
+        """Compile every kernel, for every depth, raw and corrected, on a tiny geometry."""
+        layout = ArrayLayout(ModuleGeometry(2, 2, 8))
+        mask = np.zeros(layout.shape, bool)
+        for depth in BIT_DEPTHS:
+            ones = np.ones(layout.shape, dtype_for_depth(depth))
+            for corrections in (Corrections(), Corrections(bad_pixel_mask=mask),
+                                Corrections(dark=ones * 0, flat=ones, bad_pixel_mask=mask)):
+                with self.processor(layout, depth, corrections) as processor:
+                    payloads = [np.zeros(processor.payload_size, np.uint8)]
+                    out = self.host_empty(layout.shape, processor.out_dtype)
+                    for roi, factor in ((WholeImage(), 2), (WholeImage(2, 2), None)):
+                        processor.collect(processor.submit([(payloads, out)], roi, factor))
+
+    def processor(self, layout: ArrayLayout, bit_depth: int,
+                  corrections: Corrections) -> GpuProcessor:
+        """The conveyor for one acquisition, its device buffers allocated now; :meth:`status`
+        reports on the newest one."""
+        processor = GpuProcessor(self, layout, bit_depth, corrections)
+        self._processors.add(processor)
+        return processor
+
+    def status(self) -> dict[str, Any]:
+        """Device name, memory used / total (bytes, the whole device), frames in flight,
+        host→device GB/s, and GPU ms per stage of :data:`STAGES` (per frame; for stats and
+        preview per image measured); ``error``: the failure, if one happened."""
+        try:
+            with self.device_errors("reading the memory use"):
+                free, total = self.cp.cuda.runtime.memGetInfo()
+        except GpuError:
+            free = total = 0
+        meters = self.meters
+        h2d_s = meters.ms["h2d"] / 1e3
+        return {
+            "device": self.device_name,
+            "memory_used_bytes": total - free,
+            "memory_total_bytes": total,
+            "frames_in_flight": meters.in_flight,
+            "h2d_gb_s": meters.h2d_bytes / h2d_s / 1e9 if h2d_s > 0 else 0.0,
+            "gpu_ms_per_frame": {stage: meters.ms[stage] / meters.counts[stage]
+                                 if meters.counts[stage] else 0.0 for stage in STAGES},
+            "error": self.failure,
+        }
+
+    def close(self) -> None:
+        """Close the processors still open and hand the pools' memory back to the device."""
+        for processor in list(self._processors):
+            processor.close()
+        self.cp.get_default_memory_pool().free_all_blocks()
+        self.cp.get_default_pinned_memory_pool().free_all_blocks()
+
+    @contextmanager
+    def device_errors(self, doing: str) -> Iterator[None]:
+        """Turn a CUDA failure while ``doing`` into :class:`GpuError`, kept in ``failure``."""
+        cp = self.cp
+        try:
+            yield
+        except cp.cuda.memory.OutOfMemoryError as exc:
+            self.failure = f"out of GPU memory {doing}: {exc}"
+            raise GpuError(self.failure) from exc
+        except self._errors as exc:
+            self.failure = f"GPU failed {doing} (device lost?): {exc}"
+            raise GpuError(self.failure) from exc
+
+    def wait(self, event: Any, doing: str) -> None:
+        """Wait for ``event`` by polling it: a lost device raises, a hung one times out."""
+        deadline = time.monotonic() + self.timeout_s
+        with self.device_errors(doing):
+            while not event.done:
+                if time.monotonic() > deadline:
+                    self.failure = f"GPU did not finish {doing} within {self.timeout_s} s"
+                    raise GpuError(self.failure)
+                time.sleep(_POLL_S)
+
+
+class _Slot:
+    """Device buffers (numba views of CuPy arrays) and events of one batch in the conveyor."""
+
+    def __init__(self, processor: GpuProcessor, payload_bytes: int) -> None:
+        backend = processor.backend
+        result_size = backend.kernels.RESULT_SIZE
+        self.payloads = processor.device_empty(payload_bytes, np.uint8)
+        self.images = processor.device_empty((processor.batch_size, *processor.layout.shape),
+                                             processor.out_dtype)
+        self.result = processor.device_empty(result_size, np.float64)
+        self.result_host = backend.host_empty(result_size, np.float64)
+        self.preview: Any = None  # made for the preview's shape, with its pinned host copy
+        self.preview_host = np.empty((0, 0), processor.out_dtype)
+        self.events = {name: backend.cp.cuda.Event() for span in SPANS.values()
+                       for name in span}
+        self.ticket: Ticket | None = None
+
+
+class GpuProcessor:
+    """The conveyor of one acquisition (see the module docstring), used by one thread."""
+
+    def __init__(self, backend: GpuBackend, layout: ArrayLayout, bit_depth: int,
+                 corrections: Corrections) -> None:
+        if corrections.shape not in (None, layout.shape):
+            raise ConfigError(f"corrections of shape {corrections.shape} do not fit the "
+                              f"{layout.shape} image")
+        self.backend = backend
+        self.layout = layout
+        self.bit_depth = check_bit_depth(bit_depth)
+        self.batch_size = backend.batch_size
+        self.payload_size = layout.module.payload_size(bit_depth)
+        self.out_dtype = output_dtype(bit_depth, corrections)
+        self._geometry = backend.kernels.geometry(layout, bit_depth)
+        self._has_dark = corrections.dark is not None
+        self._has_flat = corrections.flat is not None
+        self._has_bad = corrections.bad_pixel_mask is not None
+        self._submitted = 0
+        self._closed = False
+        backend.meters = _Meters()
+        cp, cuda = backend.cp, backend.cuda
+        with backend.device_errors(f"allocating buffers for {self.batch_size} frames of "
+                                   f"{layout.shape}"):
+            self._h2d, self._compute, self._d2h = (cp.cuda.Stream(non_blocking=True)
+                                                   for _ in range(3))
+            self._nb_compute = cuda.external_stream(self._compute.ptr)
+            payload_bytes = self.batch_size * layout.n_modules * self.payload_size
+            self._slots = [_Slot(self, payload_bytes) for _ in range(SLOTS)]
+            self._raw = (self.device_empty((self.batch_size, *layout.shape),
+                                           dtype_for_depth(bit_depth))
+                         if corrections.floating else None)
+            k = backend.kernels
+            self._partial_sums = self.device_empty((k.MAX_PARTIALS, k.N_SUMS), np.float64)
+            self._partial_at = self.device_empty((k.MAX_PARTIALS, 2), np.int64)
+            self._binned: Any = None  # ROI bin sums, made for the ROI's shape
+            with self._compute:  # the derived arrays too, if CuPy computes them
+                unused = np.zeros((1, 1), np.float32)
+                self._dark = self._upload(corrections.dark_float if self._has_dark else unused)
+                self._denominator = self._upload(corrections.denominator if self._has_flat
+                                                 else unused)
+                self._bad = self._upload(corrections.bad_pixel_mask if self._has_bad
+                                         else np.zeros((1, 1), np.bool_))
+
+    def __enter__(self) -> GpuProcessor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def device_empty(self, shape: int | tuple[int, ...], dtype: Any) -> Any:
+        """A numba view of a new CuPy array, allocated on the compute stream (so the pool
+        hands its memory, once freed, only to later work on that stream)."""
+        with self._compute:
+            array = self.backend.cp.empty(shape, dtype)
+        return self.backend.cuda.as_cuda_array(array, sync=False)  # ordered by our events
+
+    def _upload(self, array: Any) -> Any:
+        """A correction array on the device, on the compute stream (which alone reads it)."""
+        cp = self.backend.cp
+        return self.backend.cuda.as_cuda_array(cp.ascontiguousarray(cp.asarray(array)),
+                                               sync=False)
+
+    def process(self, payloads: Sequence[np.ndarray], out: np.ndarray) -> None:
+        """Decode, assemble and correct one frame into ``out`` (``submit`` + ``collect``)."""
+        self.collect(self.submit([(payloads, out)]))
+
+    def submit(self, frames: Sequence[tuple[Sequence[np.ndarray], np.ndarray]],
+               roi: Roi | None = None, preview_factor: int | None = None) -> Ticket:
+        """Queue a batch (see the module docstring). Returns at once, unless every slot is
+        busy: then after the oldest batch finished."""
+        if self._closed:
+            raise ConfigError("this GPU processor is closed")
+        if not 1 <= len(frames) <= self.batch_size:
+            raise ConfigError(f"a batch holds 1 to {self.batch_size} frames, got {len(frames)}")
+        for payloads, out in frames:
+            self._check(payloads, out)
+        region = None if roi is None else self._region(roi)
+        preview_shape = None if preview_factor is None else self._preview_shape(preview_factor)
+        slot_index = self._submitted % SLOTS
+        slot = self._slots[slot_index]
+        if slot.ticket is not None:
+            self._finish(slot.ticket)
+        ticket = Ticket(len(frames), slot_index, region.rows * region.cols if region else 0,
+                        preview_shape)
+        backend = self.backend
+        with backend.device_errors("queueing a batch"):
+            self._copy_in(slot, [payloads for payloads, _ in frames])
+            self._process(slot, len(frames), region, preview_factor)
+            self._copy_out(slot, ticket, [out for _, out in frames])
+        slot.ticket = ticket
+        self._submitted += 1
+        backend.meters.in_flight += len(frames)
+        return ticket
+
+    def collect(self, ticket: Ticket) -> FrameResult:
+        """Wait for ``ticket``'s batch: its ``out`` images are filled when this returns."""
+        if ticket.result is None:
+            self._finish(ticket)
+        assert ticket.result is not None
+        return ticket.result
+
+    def close(self) -> None:
+        """Finish the batches in flight (unless the device failed); drop the buffers."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for slot in self._slots:
+                if slot.ticket is not None and self.backend.failure is None:
+                    self._finish(slot.ticket)
+        finally:
+            self._slots.clear()
+            self._raw = self._binned = self._partial_sums = self._partial_at = None
+            self._dark = self._denominator = self._bad = None
+
+    def _check(self, payloads: Sequence[np.ndarray], out: np.ndarray) -> None:
+        if len(payloads) != self.layout.n_modules:
+            raise ConfigError(f"{len(payloads)} payloads for {self.layout.n_modules} module(s)")
+        for payload in payloads:
+            if (payload.dtype != np.uint8 or payload.ndim != 1 or not payload.flags.c_contiguous
+                    or payload.size < self.payload_size):
+                raise ConfigError(
+                    f"a payload must be a contiguous 1-D uint8 array of ≥ {self.payload_size} "
+                    f"bytes ({self.bit_depth}-bit frames), got {payload.dtype} {payload.shape}")
+        if (tuple(out.shape) != self.layout.shape or out.dtype != self.out_dtype
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ConfigError(f"out is {out.dtype} {tuple(out.shape)}, expected a writeable "
+                              f"C-contiguous {self.out_dtype} {self.layout.shape}")
+
+    def _region(self, roi: Roi) -> _Region:
+        """The ROI as ``stats.roi`` clips and bins it."""
+        height, width = self.layout.shape
+        y0, y1 = clip_span(roi.min_y, roi.size_y, height)
+        x0, x1 = clip_span(roi.min_x, roi.size_x, width)
+        bin_y = min(max(roi.bin_y, 1), y1 - y0)
+        bin_x = min(max(roi.bin_x, 1), x1 - x0)
+        return _Region(y0, x0, (y1 - y0) // bin_y, (x1 - x0) // bin_x, bin_y, bin_x)
+
+    def _preview_shape(self, factor: int) -> tuple[int, int]:
+        height, width = self.layout.shape
+        if not 1 <= factor <= min(height, width):
+            raise ConfigError(f"preview binning must be 1 .. {min(height, width)}, got {factor}")
+        return height // factor, width // factor
+
+    def _copy_in(self, slot: _Slot, frames: Sequence[Sequence[np.ndarray]]) -> None:
+        memcpy, stream = self.backend.cp.cuda.runtime.memcpyAsync, self._h2d
+        slot.events["h2d"].record(stream)
+        base = _pointer(slot.payloads)
+        for b, payloads in enumerate(frames):
+            for m, payload in enumerate(payloads):
+                dst = base + (b * self.layout.n_modules + m) * self.payload_size
+                memcpy(dst, payload.ctypes.data, self.payload_size, _H2D, stream.ptr)
+        slot.events["h2d_end"].record(stream)
+
+    def _process(self, slot: _Slot, n_frames: int, region: _Region | None,
+                 preview_factor: int | None) -> None:
+        """Queue decode + assemble, corrections, stats and preview on the compute stream."""
+        k, stream, nb = self.backend.kernels, self._compute, self._nb_compute
+        events = slot.events
+        stream.wait_event(events["h2d_end"])
+        events["compute"].record(stream)
+        images = slot.images[:n_frames]
+        raw = images if self._raw is None else self._raw[:n_frames]
+        k.assemble(nb, slot.payloads, self.layout.n_modules * self.payload_size,
+                   self.payload_size, raw, self._geometry, self.bit_depth)
+        events["assemble"].record(stream)
+        if self._raw is not None:
+            k.correct(nb, raw, images, self._dark, self._denominator, self._bad,
+                      self._has_dark, self._has_flat, self._has_bad)
+        elif self._has_bad:
+            k.zero_bad(nb, images, self._bad)
+        events["correct"].record(stream)
+        last = slot.images[n_frames - 1]
+        if region is not None:
+            self._stats(last, region, slot.result)
+        events["stats"].record(stream)
+        if preview_factor is not None:
+            self._preview(last, preview_factor, slot)
+        events["preview"].record(stream)
+
+    def _stats(self, image: Any, region: _Region, result: Any) -> None:
+        k, nb = self.backend.kernels, self._nb_compute
+        y0, x0 = region.y0, region.x0
+        if region.bin_y * region.bin_x > 1:  # the stats of the binned ROI, as roi() gives it
+            shape = (region.rows, region.cols)
+            if self._binned is None or self._binned.shape != shape:
+                wide = np.float64 if self.out_dtype.kind == "f" else np.uint64
+                self._binned = self.device_empty(shape, wide)
+            k.bin_sums(nb, image, y0, x0, region.bin_y, region.bin_x, self._binned)
+            image, y0, x0 = self._binned, 0, 0
+        k.moments(nb, image, y0, x0, region.rows, region.cols, 0.0, self._partial_sums,
+                  self._partial_at, result)
+
+    def _preview(self, image: Any, factor: int, slot: _Slot) -> None:
+        shape = self._preview_shape(factor)
+        if slot.preview is None or slot.preview.shape != shape:
+            slot.preview = self.device_empty(shape, self.out_dtype)
+            slot.preview_host = self.backend.host_empty(shape, self.out_dtype)
+        self.backend.kernels.bin_means(self._nb_compute, image, factor, slot.preview)
+
+    def _copy_out(self, slot: _Slot, ticket: Ticket, outs: Sequence[np.ndarray]) -> None:
+        memcpy, stream = self.backend.cp.cuda.runtime.memcpyAsync, self._d2h
+        stream.wait_event(slot.events["preview"])
+        slot.events["d2h_start"].record(stream)
+        copies = [(out, slot.images[b]) for b, out in enumerate(outs)]
+        if ticket.roi_pixels:
+            copies.append((slot.result_host, slot.result))
+        if ticket.preview_shape is not None:
+            copies.append((slot.preview_host, slot.preview))
+        for host, device in copies:
+            memcpy(host.ctypes.data, _pointer(device), host.nbytes, _D2H, stream.ptr)
+        slot.events["d2h"].record(stream)
+
+    def _finish(self, ticket: Ticket) -> None:
+        """Wait for ``ticket``'s batch, take its results, add up its GPU times."""
+        backend = self.backend
+        slot = self._slots[ticket.slot]
+        backend.wait(slot.events["d2h"], "a batch")
+        meters = backend.meters
+        once = {"stats": ticket.roi_pixels > 0, "preview": ticket.preview_shape is not None}
+        with backend.device_errors("timing a batch"):
+            for stage, (start, end) in SPANS.items():
+                if once.get(stage, True):
+                    meters.ms[stage] += backend.cp.cuda.get_elapsed_time(slot.events[start],
+                                                                         slot.events[end])
+                    meters.counts[stage] += 1 if stage in once else ticket.n_frames
+        meters.h2d_bytes += ticket.n_frames * self.layout.n_modules * self.payload_size
+        meters.in_flight -= ticket.n_frames
+        ticket.result = FrameResult(
+            stats_from_result(slot.result_host, ticket.roi_pixels) if ticket.roi_pixels else None,
+            slot.preview_host.copy() if ticket.preview_shape is not None else None)
+        slot.ticket = None
+
+
+def _pointer(device_array: Any) -> int:
+    """Device address of the first element of a numba (or CuPy) device array."""
+    return device_array.__cuda_array_interface__["data"][0]
+
+
+def stats_from_result(result: np.ndarray, n_pixels: int) -> Stats:
+    """:class:`Stats` from a ``kernels.moments`` result, by the CPU path's own formulas."""
+    total, sum_sq, *weighted = (float(v) for v in result[:8])
+    min_at = (int(result[8]), int(result[9]))
+    max_at = (int(result[10]), int(result[11]))
+    extremes = _Extremes(n_pixels, {min_at: float(result[12]), max_at: float(result[13])})
+    return stats_from_moments(extremes, total, sum_sq, weighted, min_at, max_at)
