@@ -55,7 +55,8 @@ def compute_stats(image: Any, centroid_threshold: float = 0.0) -> Stats:
         moments = kernel_moments(image, centroid_threshold)
         if moments is not None and math.isfinite(moments[0]):
             total, sum_sq, *weighted, min_y, min_x, max_y, max_x = moments
-            return stats_from_moments(image, total, sum_sq, weighted, (min_y, min_x), (max_y, max_x))
+            return stats_from_moments(image, total, sum_sq, weighted, (min_y, min_x),
+                                      (max_y, max_x))
     return reference_stats(image, centroid_threshold)
 
 

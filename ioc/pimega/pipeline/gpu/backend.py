@@ -133,7 +133,7 @@ class _Region:
 
 
 class _Extremes:
-    """What ``stats.stats_from_moments`` reads of an image: its size and its values at min and max."""
+    """What ``stats_from_moments`` reads of an image: its size and its values at min and max."""
 
     def __init__(self, size: int, values: dict[tuple[int, int], float]) -> None:
         self.size = size
