@@ -43,6 +43,8 @@ def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0) -
     from caproto.threading.client import Context
 
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_ioc
+    if "--no-autosave" not in extra and "--autosave-dir" not in extra:
+        extra = (*extra, "--autosave-dir", str(log_path.parent / "autosave"))
     process = subprocess.Popen(
         [sys.executable, "-m", "pimega.cli.ioc", "--prefix", prefix, *extra],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from caproto.asyncio.server import run
+from caproto.asyncio.server import Context
 from caproto.server import PVGroup
 
-from pimega.core.errors import PimegaError
+from pimega.core.errors import ConfigError, PimegaError
+from pimega.core.geometry import ArrayLayout
 from pimega.iocs import logfilter
-from pimega.iocs.app import ioc_class
+from pimega.iocs.access import AccessContext, AccessPolicy, GroupMap
+from pimega.iocs.app import PimegaIOC, ioc_class
+from pimega.iocs.autosave import FILE_NAME, Autosave, default_directory, request_pvs
 from pimega.iocs.factory import all_pv_names
 from pimega.iocs.pva import pva_image
+from pimega.pipeline.backend import Backend, CpuBackend
 from pimega.runtime import NODE_STAGES
+from pimega.runtime.engine import Acquisition
+from pimega.screens.db import AUTOSAVE_TOP, autosave_requests
 from pimega.sim.sender import SimConfig
 
 from .main import add_geometry_arguments, layout_from
@@ -56,6 +64,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", action="append", metavar="DIR", dest="data_roots",
                    help="directory HDF1:FilePath must lie in (repeatable; default: the user's "
                         "home and the temporary directory)")
+    p.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="cpu",
+                   help="where the pipeline runs; auto takes the GPU when CuPy and a device "
+                        "are there, else the CPU (default cpu)")
+    p.add_argument("--access", type=Path, metavar="FILE.acf",
+                   help="EPICS access security file (UAG, HAG, ASG/RULE); reload with "
+                        "SIGHUP or $(P)AS:Reload. Without it every client may write")
+    p.add_argument("--access-groups", type=Path, metavar="FILE",
+                   help="lines 'PV-PATTERN ASG' putting PVs (names after the prefix, shell "
+                        "patterns) in access security groups; the rest are in DEFAULT")
+    p.add_argument("--autosave-dir", type=Path, metavar="DIR",
+                   help="where settings are saved and restored from (default "
+                        "$XDG_STATE_HOME/pimega/<prefix>, else ~/.local/state/pimega/<prefix>)")
+    p.add_argument("--no-autosave", action="store_true",
+                   help="neither restore nor save settings")
     p.add_argument("--list-pvs", action="store_true", help="print every PV and exit")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -82,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pva = None
     try:
-        if args.listen:
-            node = listening_node(layout, *args.listen)
-        elif args.replay:
-            node = replay_node(layout, args.replay, args.replay_rate)
-        else:
-            node = simulated_node(layout, SimConfig(layout=layout, pattern=args.pattern))
-    except PimegaError as exc:
+        backend = make_backend(args.backend)
+        node = make_node(args, layout, backend)
+        policy = AccessPolicy.load(args.access) if args.access else None
+        groups = (GroupMap.parse(args.access_groups.read_text(), args.prefix,
+                                 str(args.access_groups))
+                  if args.access_groups else GroupMap(args.prefix, ()))
+    except (PimegaError, OSError) as exc:
         print(f"pimega-ioc: {exc}", file=sys.stderr)
         return 1
     try:
@@ -96,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         roots = args.data_roots or [str(Path.home()), tempfile.gettempdir()]
         ioc = group_class(prefix=args.prefix, node=node, data_roots=roots)
         log.info("files only under %s", ", ".join(roots))
+        ioc.access.policy = policy
+        if not args.no_autosave:
+            ioc.autosave = autosave_for(ioc, args, layout.n_modules)
         ioc.image.pva = pva = pva_image(args.prefix)
         print_welcome(args.prefix, layout.shape,
                       " + ".join(source.description for source in node.sources))
         # SIGTERM (docker stop, systemd) ends like Ctrl-C: the open file gets closed
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        run(ioc.pvdb)
+        asyncio.run(serve(ioc.pvdb, policy, groups))
     except PimegaError as exc:
         print(f"pimega-ioc: {exc}", file=sys.stderr)
         return 1
@@ -112,6 +137,45 @@ def main(argv: list[str] | None = None) -> int:
             pva.close()
         node.close()
     return 0
+
+
+def make_backend(name: str) -> Backend:
+    """The backend asked for; ``auto`` falls back to the CPU, saying why."""
+    if name == "cpu":
+        return CpuBackend()
+    from pimega.pipeline.gpu import GpuBackend
+
+    try:
+        return GpuBackend()
+    except ConfigError as exc:
+        if name == "gpu":
+            raise
+        log.warning("%s: the pipeline runs on the CPU", exc)
+        return CpuBackend(notice=f"{exc}: running on the CPU")
+
+
+def make_node(args: argparse.Namespace, layout: ArrayLayout, backend: Backend) -> Acquisition:
+    if args.listen:
+        return listening_node(layout, *args.listen, backend=backend)
+    if args.replay:
+        return replay_node(layout, args.replay, args.replay_rate, backend=backend)
+    return simulated_node(layout, SimConfig(layout=layout, pattern=args.pattern),
+                          backend=backend)
+
+
+def autosave_for(ioc: PimegaIOC, args: argparse.Namespace, n_modules: int) -> Autosave:
+    """Autosave of the settings the generated ``db/autosave`` request files list."""
+    names = request_pvs(autosave_requests(n_modules), AUTOSAVE_TOP, {"P": args.prefix})
+    directory = args.autosave_dir or default_directory(args.prefix)
+    log.info("settings saved in %s", directory / FILE_NAME)
+    return Autosave(ioc.pvdb, names, directory / FILE_NAME, args.prefix)
+
+
+async def serve(pvdb: dict[str, Any], policy: AccessPolicy | None, groups: GroupMap) -> None:
+    """Serve Channel Access, with access security when a policy is given (the context must
+    be made inside the running event loop)."""
+    context = AccessContext(pvdb, policy, groups) if policy else Context(pvdb)
+    await context.run()
 
 
 def print_welcome(prefix: str, shape: tuple[int, int], source: str) -> None:

@@ -8,25 +8,29 @@ from pimega.core.errors import ConfigError
 from pimega.core.geometry import ArrayLayout
 from pimega.ingest.replay import NexusReplay, RawCaptureReplay
 from pimega.ingest.tcp import TcpSource
+from pimega.pipeline.backend import Backend
 from pimega.runtime.engine import Acquisition
 from pimega.sim.detector import SimulatedDetector
 from pimega.sim.sender import SimConfig
 
 
 def simulated_node(layout: ArrayLayout, config: SimConfig | None = None,
-                   host: str = "127.0.0.1", port: int = 0) -> Acquisition:
+                   host: str = "127.0.0.1", port: int = 0,
+                   backend: Backend | None = None) -> Acquisition:
     """A node fed by the built-in simulator over loopback TCP."""
     source = TcpSource(host, port)
     detector = SimulatedDetector(*source.address, config or SimConfig(layout=layout))
-    return Acquisition(layout, [source], detector=detector)
+    return Acquisition(layout, [source], detector=detector, backend=backend)
 
 
-def listening_node(layout: ArrayLayout, host: str, port: int) -> Acquisition:
+def listening_node(layout: ArrayLayout, host: str, port: int,
+                   backend: Backend | None = None) -> Acquisition:
     """A node receiving from external senders (a detector, ``pimega-sim``) on host:port."""
-    return Acquisition(layout, [TcpSource(host, port)])
+    return Acquisition(layout, [TcpSource(host, port)], backend=backend)
 
 
-def replay_node(layout: ArrayLayout, path: Path, rate_hz: float | None = None) -> Acquisition:
+def replay_node(layout: ArrayLayout, path: Path, rate_hz: float | None = None,
+                backend: Backend | None = None) -> Acquisition:
     """A node replaying a file: NeXus/HDF5 written by this project, or raw wire frames."""
     if not path.is_file():
         raise ConfigError(f"replay file {path} does not exist")
@@ -34,4 +38,4 @@ def replay_node(layout: ArrayLayout, path: Path, rate_hz: float | None = None) -
         signature = file.read(8)
     replay = (NexusReplay(path, layout, rate_hz) if signature.startswith(b"\x89HDF")
               else RawCaptureReplay(path, rate_hz))
-    return Acquisition(layout, [replay], detector=replay)
+    return Acquisition(layout, [replay], detector=replay, backend=backend)

@@ -12,6 +12,8 @@ from caproto.server import PVGroup, SubGroup, pvproperty
 
 from pimega.runtime import NODE_STAGES, NodeControl
 
+from .access import AccessGroup
+from .autosave import Autosave
 from .cam import CamGroup, cam_group_class
 from .events import Completions
 from .pipeline_group import PipelineGroup, pipeline_group_class
@@ -32,6 +34,7 @@ class PimegaIOC(PVGroup):
 
     cam: CamGroup
     pipe: PipelineGroup
+    access = SubGroup(AccessGroup, prefix="AS:")
     image = SubGroup(ImageGroup, prefix="image1:")
     hdf = SubGroup(HDF5Group, prefix="HDF1:")
     stats = SubGroup(StatsGroup, prefix="Stats1:")
@@ -42,6 +45,7 @@ class PimegaIOC(PVGroup):
         self.node = node
         self.data_roots = tuple(data_roots)  # HDF1:FilePath must lie in one (none: anywhere)
         self.completions = Completions()
+        self.autosave: Autosave | None = None  # set before the server starts
         super().__init__(*args, **kwargs)
 
     async def _poll(self, instance: Any, async_lib: Any) -> None:
@@ -52,6 +56,9 @@ class PimegaIOC(PVGroup):
         tasks = [loop.create_task(self.completions.run(events))]
         for group in (self.cam, self.image, self.hdf, self.stats, self.roi):
             await group.startup()
+        if self.autosave is not None:  # after the start-up values, which it overrides
+            await self.autosave.restore()
+            tasks.append(loop.create_task(self.autosave.run()))
         # ~50k long-lived PV and record-field objects: keep them out of every GC pass, or a
         # full collection stalls the event loop (and control-PV round trips) for tens of ms
         gc.freeze()

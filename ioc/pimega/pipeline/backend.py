@@ -34,6 +34,7 @@ class Backend(Protocol):
     """One per node, chosen at start-up (``cpu`` or ``gpu``)."""
 
     name: str
+    notice: str  # why this backend runs where another was asked for ("" normally)
 
     def host_empty(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """Host memory for frame rings and image pools (pinned where a device copies it)."""
@@ -48,9 +49,13 @@ class Backend(Protocol):
 
 
 class CpuBackend:
-    """The fused numba kernels on every core of the host."""
+    """The fused numba kernels on every core of the host; ``notice`` says why the CPU runs
+    where another backend was asked for (shown as the node's message)."""
 
     name = "CPU"
+
+    def __init__(self, notice: str = "") -> None:
+        self.notice = notice
 
     def host_empty(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         return np.empty(shape, dtype)

@@ -121,7 +121,7 @@ class Acquisition:
         self._idle = threading.Event()
         self._idle.set()
         self._state = DetectorState.IDLE
-        self._message = "Idle"
+        self._message = self.backend.notice or "Idle"
         self._acquisitions = 0
         self._processed = 0
         self._unique_id = 0

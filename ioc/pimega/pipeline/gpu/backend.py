@@ -151,6 +151,7 @@ class GpuBackend:
     """
 
     name = "GPU"
+    notice = ""
 
     def __init__(self, batch_size: int = 4, timeout_s: float = 10.0) -> None:
         try:
