@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pimega.cli import bench_gpu, bench_recon
 from pimega.core.geometry import MAX_FRAME_RATE_HZ, ArrayLayout, ModuleGeometry
 from pimega.ingest.counters import ModuleCounters
 from pimega.ingest.framing import FrameExpectation, IngestSink
@@ -306,7 +307,17 @@ def run(argv: list[str] | None = None) -> int:
                         help="frame rate the IOC acquires at during --preview")
     parser.add_argument("--preview-interval", type=float, default=0.08,
                         help="image1:MinCallbackTime during --preview, s")
+    parser.add_argument("--backend", choices=["cpu", "gpu"], default="cpu",
+                        help="gpu: pinned host->device bandwidth and the GPU pipeline's frames/s")
+    parser.add_argument("--recon", action="store_true",
+                        help="FBP slices/s of a 1536-wide, 1500-angle sinogram against "
+                             "skimage's iradon and ASTRA's CPU FBP, with each one's error")
     args = parser.parse_args(argv)
+    if args.backend == "gpu":
+        return bench_gpu.main([*(["--json"] if args.json else []), "--frames", str(args.frames)])
+    if args.recon:
+        print(json.dumps(bench_recon.run(), indent=None if args.json else 2), flush=True)
+        return 0
     across, down = (int(v) for v in args.chips.split("x"))
     module = ModuleGeometry(across, down, args.chip_size)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

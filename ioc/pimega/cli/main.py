@@ -6,9 +6,11 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from pimega.cli import bench
+from pimega import __version__
+from pimega.cli import bench, recon
 from pimega.core.errors import PimegaError
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.runtime.settings import CaptureSettings
@@ -76,17 +78,30 @@ def acquire(argv: list[str]) -> int:
     return 0 if status.frames_written == args.frames else 1
 
 
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "acquire": (acquire, "simulator or replay -> pipeline -> HDF5 once, without EPICS"),
+    "recon": (recon.main, "reconstruct slices or a volume from a scan file"),
+    "bench": (bench.run, "the performance figures, each against a baseline of the same run"),
+    "opi": (generated_files.opi, "write the Phoebus screens generated from the PV groups"),
+    "db": (generated_files.db, "write db/: the PV list and autosave request files"),
+}
+USAGE = "usage: pimega COMMAND [options]   (pimega COMMAND --help for its options)\n\n" + \
+    "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()) + \
+    "\n\nAlso: pimega-ioc (the IOC), pimega-sim (the detector simulator); --version."
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    commands = {"bench": bench.run, "acquire": acquire, "opi": generated_files.opi,
-                "db": generated_files.db}
-    if not argv or argv[0] not in commands:
-        print(f"usage: pimega {{{','.join(commands)}}} [options]  (see pimega COMMAND --help)",
-              file=sys.stderr)
-        return 2
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"pimega {__version__}")
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        help_wanted = argv[:1] in (["-h"], ["--help"])
+        print(USAGE, file=sys.stdout if help_wanted else sys.stderr)
+        return 0 if help_wanted else 2
     try:
-        return commands[argv[0]](argv[1:])
+        return COMMANDS[argv[0]][0](argv[1:])
     except PimegaError as exc:
         print(f"pimega {argv[0]}: {exc}", file=sys.stderr)
         return 1
