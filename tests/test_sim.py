@@ -473,3 +473,16 @@ def test_cli_sends_and_prints_a_summary(receiver, capsys):
     assert sorted(received) == sorted(list(range(n_frames)) * 4)
     out = capsys.readouterr().out
     assert f"{n_frames} frames x 4 modules" in out and "Gbit/s" in out
+
+
+@pytest.mark.parametrize("geometry", [ModuleGeometry(2, 2, 16), ModuleGeometry(1, 2, 8),
+                                      ModuleGeometry(2, 2, 3)], ids=str)
+@pytest.mark.parametrize("depth", [1, 6, 12, 24])
+def test_fast_packing_matches_the_reference_payload(geometry, depth):
+    from pimega.core.bitpack import dtype_for_depth, module_payload
+    from pimega.sim.packing import pack_module
+
+    rng = np.random.default_rng(depth)
+    image = rng.integers(0, 1 << depth, geometry.shape).astype(dtype_for_depth(depth))
+    np.testing.assert_array_equal(pack_module(image, geometry, depth),
+                                  module_payload(image, geometry, depth))

@@ -18,10 +18,10 @@ from pimega.core.errors import ConfigError, PimegaError
 from pimega.core.geometry import ArrayLayout
 from pimega.iocs import logfilter
 from pimega.iocs.access import AccessContext, AccessPolicy, GroupMap
-from pimega.iocs.app import PimegaIOC, ioc_class
+from pimega.iocs.app import PimegaIOC, ioc_class, pva_suffixes
 from pimega.iocs.autosave import FILE_NAME, Autosave, default_directory, request_pvs
 from pimega.iocs.factory import all_pv_names
-from pimega.iocs.pva import pva_image
+from pimega.iocs.pva import pva_images
 from pimega.pipeline.backend import Backend, CpuBackend
 from pimega.runtime import NODE_STAGES
 from pimega.runtime.engine import Acquisition
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logfilter.install()
     layout = layout_from(args)
-    group_class = ioc_class(layout.n_modules, NODE_STAGES)
+    group_class = ioc_class(layout.n_modules, layout.width, NODE_STAGES)
     if args.list_pvs:
         print_pv_list(group_class, args.prefix)
         return 0
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         ioc.access.policy = policy
         if not args.no_autosave:
             ioc.autosave = autosave_for(ioc, args, layout.n_modules)
-        ioc.image.pva = pva = pva_image(args.prefix)
+        ioc.pva = pva = pva_images(args.prefix, pva_suffixes())
         print_welcome(args.prefix, layout.shape,
                       " + ".join(source.description for source in node.sources))
         # SIGTERM (docker stop, systemd) ends like Ctrl-C: the open file gets closed

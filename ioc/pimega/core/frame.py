@@ -10,13 +10,17 @@ from typing import Any
 class FrameInfo:
     """A frame's identity: ``unique_id`` counts every frame the node processed (it keeps
     increasing across acquisitions, as areaDetector's UniqueId), ``frame_number`` is the
-    detector's, ``image_key`` NXtomo's (0 projection, 1 flat, 2 dark, 3 invalid)."""
+    detector's, ``acquisition`` the node's count of acquisitions, ``image_key`` NXtomo's
+    (0 projection, 1 flat, 2 dark, 3 invalid); ``tomo`` says whether the sender gave the key
+    and the angle (the wire's tomography extension) or they are defaults."""
 
     unique_id: int
     frame_number: int
     timestamp_ns: int
     image_key: int = 0
     angle_deg: float = 0.0
+    acquisition: int = 0
+    tomo: bool = False
 
 
 @dataclass(frozen=True, slots=True)

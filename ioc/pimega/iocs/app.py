@@ -10,7 +10,7 @@ from typing import Any
 
 from caproto.server import PVGroup, SubGroup, pvproperty
 
-from pimega.runtime import NODE_STAGES, NodeControl
+from pimega.runtime import MAX_SLICES, NODE_STAGES, NodeControl
 
 from .access import AccessGroup
 from .autosave import Autosave
@@ -18,6 +18,8 @@ from .cam import CamGroup, cam_group_class
 from .events import Completions
 from .pipeline_group import PipelineGroup, pipeline_group_class
 from .plugins import HDF5Group, ImageGroup, ROIGroup, StatsGroup
+from .pva import PVA_IMAGE_SUFFIX, PvaImages
+from .recon_group import ReconGroup, recon_group_class, slice_image_suffix
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class PimegaIOC(PVGroup):
 
     cam: CamGroup
     pipe: PipelineGroup
+    recon: ReconGroup
     access = SubGroup(AccessGroup, prefix="AS:")
     image = SubGroup(ImageGroup, prefix="image1:")
     hdf = SubGroup(HDF5Group, prefix="HDF1:")
@@ -46,6 +49,7 @@ class PimegaIOC(PVGroup):
         self.data_roots = tuple(data_roots)  # HDF1:FilePath must lie in one (none: anywhere)
         self.completions = Completions()
         self.autosave: Autosave | None = None  # set before the server starts
+        self.pva: PvaImages | None = None  # set where p4p is installed
         super().__init__(*args, **kwargs)
 
     async def _poll(self, instance: Any, async_lib: Any) -> None:
@@ -88,12 +92,21 @@ class PimegaIOC(PVGroup):
         await self.cam.publish_status(status)
         await self.pipe.publish(status)
         await self.stats.publish_stats(node.latest_stats())
+        await self.recon.publish(self.pva)
         if status.capture.active:
             await self.hdf.publish_capture(status)
 
 
-def ioc_class(n_modules: int, stage_names: tuple[str, ...] = NODE_STAGES) -> type[PimegaIOC]:
-    """The root group for ``n_modules`` modules (``cam1:M1:`` …) and the node's stages."""
+def ioc_class(n_modules: int, width: int, stage_names: tuple[str, ...] = NODE_STAGES
+              ) -> type[PimegaIOC]:
+    """The root group for ``n_modules`` modules (``cam1:M1:`` …), images ``width`` wide
+    (the reconstruction's slices) and the node's stages."""
     cam = SubGroup(cam_group_class(n_modules), prefix="cam1:")
     pipe = SubGroup(pipeline_group_class(stage_names), prefix="Pipe:")
-    return type(f"Pimega{n_modules}IOC", (PimegaIOC,), {"cam": cam, "pipe": pipe})
+    recon = SubGroup(recon_group_class(width), prefix="Recon:")
+    return type(f"Pimega{n_modules}IOC", (PimegaIOC,), {"cam": cam, "pipe": pipe, "recon": recon})
+
+
+def pva_suffixes() -> list[str]:
+    """The NTNDArray PVs the IOC serves over PV Access, under its prefix."""
+    return [PVA_IMAGE_SUFFIX, *(slice_image_suffix(i) for i in range(1, MAX_SLICES + 1))]

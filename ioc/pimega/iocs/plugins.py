@@ -30,7 +30,7 @@ from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
 from .events import Busy
 from .factory import make_group, on_put, override
 from .pimega_specs import PIMEGA_IMAGE
-from .pva import PvaImage
+from .pva import PVA_IMAGE_SUFFIX
 
 #: Shortest preview interval (50 Hz): a waveform monitor must never go unpaced.
 PREVIEW_FLOOR_S = 0.02
@@ -92,7 +92,6 @@ class ImageGroup(PluginGroup, ImageBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._published_id = 0
-        self.pva: PvaImage | None = None  # set by the IOC where p4p is installed
 
     async def startup(self) -> None:
         """Post the preview's geometry before the first frame (ophyd's ImagePlugin reads it)."""
@@ -113,8 +112,8 @@ class ImageGroup(PluginGroup, ImageBase):
         # the one copy the waveform needs, made off the event loop (NumPy drops the GIL)
         flat = await asyncio.get_running_loop().run_in_executor(None, _as_waveform, image)
         await self.pv("ArrayData").write(flat, verify_value=False)
-        if self.pva is not None:
-            self.pva.post(image, unique_id)
+        if self.root.pva is not None:
+            self.root.pva.post(PVA_IMAGE_SUFFIX, image, unique_id)
         await self.post_many({"UniqueId_RBV": unique_id,
                               "ArrayCounter_RBV": self.pv("ArrayCounter_RBV").value + 1})
 

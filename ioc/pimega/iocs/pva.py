@@ -1,13 +1,18 @@
-"""The preview image over PV Access as an NTNDArray (areaDetector's NDPluginPva, ``Pva1:Image``).
+"""Images over PV Access as NTNDArrays (areaDetector's NDPluginPva): the preview
+``Pva1:Image`` and the live reconstruction's slices ``Recon:SliceN:Image``.
 
 Optional: served only where p4p is installed (``pip install pimega[pva]``). p4p runs its own
-server threads; the IOC posts to it from the same place it updates ``image1:ArrayData``.
+server threads; the IOC posts to it from the same places it updates the CA waveforms. The
+server listens where Channel Access does (``EPICS_CAS_INTF_ADDR_LIST``) unless
+``EPICS_PVAS_INTF_ADDR_LIST`` says otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -17,34 +22,39 @@ log = logging.getLogger(__name__)
 PVA_IMAGE_SUFFIX = "Pva1:Image"
 
 
-class PvaImage:
-    """One NTNDArray PV on a p4p server of its own."""
+class PvaImages:
+    """NTNDArray PVs ``prefix + suffix`` on one p4p server of their own."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, prefix: str, suffixes: Iterable[str]) -> None:
         from p4p.nt import NTNDArray
         from p4p.server import Server
         from p4p.server.thread import SharedPV
 
-        self.name = name
         self._nt = NTNDArray()
-        # no nt= on the PV: it takes the Values this class wraps (with their uniqueId)
-        self._pv = SharedPV(initial=self._nt.wrap(np.zeros((1, 1), np.uint16)))
-        self._server = Server(providers=[{name: self._pv}])
+        # no nt= on the PVs: they take the Values this class wraps (with their uniqueId)
+        self._pvs = {suffix: SharedPV(initial=self._nt.wrap(np.zeros((1, 1), np.uint16)))
+                     for suffix in suffixes}
+        conf = {}
+        interfaces = os.environ.get("EPICS_CAS_INTF_ADDR_LIST")
+        if interfaces and "EPICS_PVAS_INTF_ADDR_LIST" not in os.environ:
+            conf["EPICS_PVAS_INTF_ADDR_LIST"] = interfaces
+        self._server = Server(providers=[{prefix + s: pv for s, pv in self._pvs.items()}],
+                              conf=conf, useenv=True)
 
-    def post(self, image: np.ndarray, unique_id: int) -> None:
+    def post(self, suffix: str, image: np.ndarray, unique_id: int) -> None:
         value: Any = self._nt.wrap(image)
         value["uniqueId"] = unique_id
         value["timeStamp.secondsPastEpoch"] = int(time.time())
-        self._pv.post(value)
+        self._pvs[suffix].post(value)
 
     def close(self) -> None:
         self._server.stop()
 
 
-def pva_image(prefix: str) -> PvaImage | None:
-    """``PvaImage`` for ``prefix``, or None (with a log line) where p4p is not installed."""
+def pva_images(prefix: str, suffixes: Iterable[str]) -> PvaImages | None:
+    """``PvaImages`` for ``prefix``, or None (with a log line) where p4p is not installed."""
     try:
-        return PvaImage(prefix + PVA_IMAGE_SUFFIX)
+        return PvaImages(prefix, suffixes)
     except ImportError:
-        log.info("p4p is not installed: no PV Access image (pip install pimega[pva])")
+        log.info("p4p is not installed: no PV Access images (pip install pimega[pva])")
         return None

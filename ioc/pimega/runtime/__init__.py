@@ -3,11 +3,13 @@
 from pimega.pipeline.stats import Stats
 
 from .node import AcquisitionEnded, CaptureEnded, Event, NodeControl
+from .recon import MAX_SLICES, ReconSettings, ReconStatus
 from .settings import AcquireSettings, CaptureSettings
 from .stages import NODE_STAGES, RoiSettings
 from .status import CaptureStatus, DetectorState, StageStatus, Status
 
 __all__ = [
+    "MAX_SLICES",
     "NODE_STAGES",
     "AcquireSettings",
     "AcquisitionEnded",
@@ -17,6 +19,8 @@ __all__ = [
     "DetectorState",
     "Event",
     "NodeControl",
+    "ReconSettings",
+    "ReconStatus",
     "RoiSettings",
     "StageStatus",
     "Stats",

@@ -44,6 +44,7 @@ from .matcher import FrameMatcher
 from .meters import RateMeter, StageTimer
 from .node import AcquisitionEnded, Event, Listener
 from .pool import ImagePool
+from .recon import LiveRecon, ReconSettings, ReconStatus
 from .settings import AcquireSettings, CaptureSettings
 from .stages import PreviewStage, RoiSettings, Stage, StatsStage
 from .status import DetectorState, StageStatus, Status
@@ -112,10 +113,12 @@ class Acquisition:
                                      lambda: self.settings.preview_interval_s)
         self._stages = [_StageSlot(self._stats), _StageSlot(self._preview)]
         self._consumers: list[ConsumerRunner] = [self.writer.runner]
-        self._decode = StageTimer()
-        self._rate = RateMeter()
         self._threads: list[threading.Thread] = []
         self._opened = False
+        self.recon = LiveRecon(layout.shape)
+        self._recon_runner = self.add_consumer(self.recon, queue_size=2)
+        self._decode = StageTimer()
+        self._rate = RateMeter()
         self._lock = threading.Lock()
         self._abort = threading.Event()
         self._idle = threading.Event()
@@ -303,6 +306,23 @@ class Acquisition:
         """Flush the open file (SWMR readers see every frame written so far)."""
         return self.writer.flush(timeout)
 
+    # -- live reconstruction ----------------------------------------------------------------
+
+    @property
+    def recon_settings(self) -> ReconSettings:
+        return self.recon.settings
+
+    def configure_recon(self, **changes: Any) -> ReconSettings:
+        """Live reconstruction settings (:class:`ReconSettings`), from the next acquisition."""
+        return self.recon.configure(**changes)
+
+    def recon_status(self) -> ReconStatus:
+        return self.recon.status(dropped=self._recon_runner.timer.dropped)
+
+    def latest_slices(self) -> tuple[int, tuple[int, ...], np.ndarray] | None:
+        """(update count, rows, slices (rows, W, W) float32) of the live reconstruction."""
+        return self.recon.latest()
+
     # -- what the IOC reads -----------------------------------------------------------------
 
     def latest_preview(self) -> tuple[int, np.ndarray] | None:
@@ -372,7 +392,8 @@ class Acquisition:
                 self._unique_id += 1
                 header = frame_set[0][1]
                 info = FrameInfo(self._unique_id, header.frame_number, header.timestamp_ns,
-                                 int(header.image_key), header.angle_deg)
+                                 int(header.image_key), header.angle_deg, number,
+                                 header.has_tomo)
                 frame = Frame(info, pool.images[index])
                 last = bool(settings.n_images) and self._processed + 1 == settings.n_images
                 now = time.monotonic()

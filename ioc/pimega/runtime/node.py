@@ -18,6 +18,7 @@ import numpy as np
 from pimega.core.geometry import ArrayLayout
 from pimega.pipeline.stats import Stats
 
+from .recon import ReconSettings, ReconStatus
 from .settings import AcquireSettings, CaptureSettings
 from .stages import RoiSettings
 from .status import DetectorState, Status
@@ -52,6 +53,9 @@ class NodeControl(Protocol):
     settings: AcquireSettings
     roi: RoiSettings
     preview_binning: int
+
+    @property
+    def recon_settings(self) -> ReconSettings: ...
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -99,3 +103,9 @@ class NodeControl(Protocol):
     def latest_stats(self) -> tuple[int, Stats] | None: ...
 
     def subscribe(self, listener: Listener) -> None: ...
+
+    def configure_recon(self, **changes: Any) -> ReconSettings: ...
+
+    def recon_status(self) -> ReconStatus: ...
+
+    def latest_slices(self) -> tuple[int, tuple[int, ...], np.ndarray] | None: ...

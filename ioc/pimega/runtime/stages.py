@@ -17,8 +17,9 @@ from pimega.core.frame import Frame
 from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
 
 #: The stages every node has, in order: ingest, decode (+ corrections), the rate-limited
-#: display stages, then the file writer; consumers added to a node follow these.
-NODE_STAGES = ("ingest", "decode", "stats", "preview", "write")
+#: display stages, then its consumers, the file writer and the live reconstruction; consumers
+#: added to a node follow these.
+NODE_STAGES = ("ingest", "decode", "stats", "preview", "write", "recon")
 
 
 class Stage(Protocol):

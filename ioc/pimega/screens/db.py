@@ -13,6 +13,7 @@ the IOC refuses or what would act on hardware when written back.
 
 from __future__ import annotations
 
+from pimega.core.geometry import ArrayLayout
 from pimega.iocs.app import ioc_class
 
 from .pvs import ServedPV, ServedPVs, served_pvs, subgroups
@@ -55,7 +56,7 @@ def restored(pv: ServedPV, group: ServedPVs, refused: frozenset[str]) -> bool:
 def autosave_requests(n_modules: int) -> dict[str, str]:
     """Relative path → text of each request file: one per group with a setpoint to restore,
     and the top file that includes them."""
-    root = ioc_class(n_modules)
+    root = ioc_class(n_modules, ArrayLayout.square(n_modules).width)
     files: dict[str, str] = {}
     includes = []
     for attr, (prefix, group_class) in subgroups(root).items():

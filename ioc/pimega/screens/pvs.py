@@ -9,6 +9,7 @@ from typing import Any
 from caproto import ChannelChar, ChannelType
 from caproto.server import PVGroup
 
+from pimega.core.geometry import ArrayLayout
 from pimega.iocs.app import ioc_class
 
 
@@ -35,7 +36,8 @@ class ServedPVs(dict[str, ServedPV]):
     @classmethod
     def of(cls, n_modules: int, prefix: str = "") -> ServedPVs:
         """The PVs of the IOC with ``n_modules`` modules, names starting with ``prefix``."""
-        return cls((pv.name, pv) for pv in served_pvs(ioc_class(n_modules), prefix))
+        root = ioc_class(n_modules, ArrayLayout.square(n_modules).width)
+        return cls((pv.name, pv) for pv in served_pvs(root, prefix))
 
     def readback(self, name: str) -> ServedPV | None:
         """The ``NAME_RBV`` echo of setpoint ``name``, if it has one (not a PV that only

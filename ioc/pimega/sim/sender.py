@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,7 +25,8 @@ from pimega.core.errors import ConfigError
 from pimega.core.geometry import ArrayLayout, check_bit_depth
 from pimega.core.wire import FIXED_SIZE, TOMO_SIZE, Flags, FrameHeader, ImageKey
 
-from .patterns import COUNTER_PERIOD, counter_image, module_payload
+from .packing import pack_module
+from .patterns import COUNTER_PERIOD, counter_image
 from .phantom import PhantomScan
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ SEND_BUFFER_BYTES = 8 << 20
 POLL_S = 0.1  # how often a blocked sender or producer looks at the stop event
 STOP_GRACE_S = 1.0  # how long stop() lets a half-sent frame finish before cutting the link
 PHANTOM_AHEAD = 4  # frames the phantom producer may run ahead of each sender
+PACKED_KEPT = 16  # packed phantom images kept for reuse (neighbouring angles share one)
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,7 @@ class Simulator:
             position = frame_number % period
             while len(cycle) <= position:
                 image = counter_image(module_id, len(cycle), geometry, depth, period)
-                cycle.append(self._packed(module_payload(image, geometry, depth)))
+                cycle.append(self._packed(pack_module(image, geometry, depth)))
             return cycle[position]
 
         return frame
@@ -308,12 +311,20 @@ class Simulator:
             attenuation=params.attenuation,
         )
         height, width = cfg.layout.module.shape
+        # the scan hands out the same (cached) image for neighbouring angles: pack it once
+        packed: OrderedDict[int, tuple[np.ndarray, list[np.ndarray]]] = OrderedDict()
         try:
             for _, (key, angle, image) in zip(range(n_frames), scan, strict=False):
+                hit = packed.get(id(image))
+                if hit is None or hit[0] is not image:
+                    tiles = [image[r : r + height, c : c + width] for r, c in
+                             map(cfg.layout.module_origin, range(len(queues)))]
+                    hit = (image, [pack_module(t, cfg.layout.module, depth) for t in tiles])
+                    packed[id(image)] = hit
+                    if len(packed) > PACKED_KEPT:
+                        packed.popitem(last=False)
                 for module_id, frames in enumerate(queues):
-                    row, col = cfg.layout.module_origin(module_id)
-                    tile = image[row : row + height, col : col + width]
-                    frame = self._packed(module_payload(tile, cfg.layout.module, depth), key, angle)
+                    frame = self._packed(hit[1][module_id], key, angle)
                     if not self._put(module_id, frames, frame):
                         return
         finally:  # normally unread: the senders stop after n_frames, this ends a failed scan
