@@ -18,8 +18,9 @@ def test_bench_prints_every_figure_as_json(tmp_path):
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
     figures = {f["figure"]: f for f in map(json.loads, out.splitlines())}
-    expected = {"pipeline_12bit_ms_per_frame", "pipeline_24bit_ms_per_frame",
-                "tcp_ingest_24bit_gbps", "writer_none_GBps", "writer_bslz4_GBps",
+    threads = {name.rsplit("_", 1)[1] for name in figures if name.startswith("pipeline_")}
+    assert len(threads) == 1 and threads.pop().endswith("threads")  # says how many
+    expected = {"tcp_ingest_24bit_gbps", "writer_none_GBps", "writer_bslz4_GBps",
                 "writer_bslz4_compression", "end_to_end_12bit_fps", "end_to_end_12bit_dropped"}
     assert expected <= figures.keys()
     for figure in figures.values():
@@ -27,3 +28,25 @@ def test_bench_prints_every_figure_as_json(tmp_path):
         assert figure["value"] >= 0 and figure["baseline"] > 0
         assert figure["ratio"] == pytest.approx(figure["value"] / figure["baseline"], rel=1e-6)
     assert figures["end_to_end_12bit_dropped"]["value"] == 0
+    assert {n.rsplit("_", 1)[0] for n in figures if n.startswith("pipeline_")} == {
+        "pipeline_12bit_ms_per_frame", "pipeline_24bit_ms_per_frame"}
+
+
+def test_sustained_search_reports_the_held_rate_against_each_stage(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pimega.cli.main", "bench", "--json", "--sustained", "--chips",
+         "2x2", "--chip-size", "16", "--frames", "30", "--repeats", "2", "--seconds", "0.5",
+         "--dir", str(tmp_path)],
+        check=True, capture_output=True, text=True, timeout=600,
+    ).stdout
+    figures = {f["figure"]: f for f in map(json.loads, out.splitlines())}
+    sustained = figures["sustained_zero_loss_12bit_none_fps"]
+    slowest = min(figures[f"alone_{s}_12bit_none_fps"]["value"]
+                  for s in ("ingest", "pipeline", "writer"))
+    assert sustained["baseline"] == pytest.approx(slowest)
+    tries = [f for name, f in figures.items() if name.endswith("_lost")]
+    assert tries, "the search made no try"
+    held = [f for name, f in figures.items() if name.endswith("_late_s")
+            and f["ratio"] <= 1 and figures[name.replace("_late_s", "_lost")]["value"] == 0]
+    assert sustained["value"] == max((float(f["figure"].split("_")[-3][:-2]) for f in held),
+                                     default=0.0)

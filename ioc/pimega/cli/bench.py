@@ -18,13 +18,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from pimega.cli import bench_gpu, bench_recon
+from pimega.cli.bench_sustained import bench_sustained
+from pimega.cli.figures import Figure, best_of
 from pimega.core.geometry import MAX_FRAME_RATE_HZ, ArrayLayout, ModuleGeometry
 from pimega.ingest.counters import ModuleCounters
 from pimega.ingest.framing import FrameExpectation, IngestSink
@@ -36,42 +38,45 @@ from pimega.runtime.engine import Acquisition
 from pimega.runtime.settings import CaptureSettings
 from pimega.writer.hdf5 import NexusMetadata, NexusWriter
 
-
-@dataclass(frozen=True)
-class Figure:
-    figure: str
-    value: float
-    unit: str
-    baseline: float
-    ratio: float
-
-    def line(self) -> str:
-        return json.dumps(self.__dict__)
+#: Frames each pipeline repeat cycles through: a working set far beyond the caches, as a
+#: ring of frames is (one cache-hot buffer would flatter both the kernel and memcpy).
+ROTATING_FRAMES = 16
 
 
-def best_of(repeats: int, action: Callable[[], object]) -> float:
-    """Shortest wall time of ``repeats`` runs: the least disturbed by a shared machine."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def pipeline_ms(module: ModuleGeometry, depth: int, repeats: int) -> float:
+    """Decode + assemble of one module frame, ms, over :data:`ROTATING_FRAMES` buffers."""
+    return 1e3 * _rotating(module, depth, repeats)[0]
+
+
+def _rotating(module: ModuleGeometry, depth: int, repeats: int) -> tuple[float, float]:
+    """(decode + assemble, memcpy of the same raw bytes) seconds a frame, cache-cold."""
+    warm_up()
+    layout = ArrayLayout(module)
+    raws = np.random.default_rng(0).integers(
+        0, 256, size=(ROTATING_FRAMES, 1, module.payload_size(depth)), dtype=np.uint8)
+    copies = np.empty_like(raws)
+    outs = np.empty((ROTATING_FRAMES, *module.shape), dtype={12: np.uint16, 24: np.uint32}[depth])
+
+    def decode_all() -> None:
+        for raw, out in zip(raws, outs, strict=True):
+            decode_assemble(raw, layout, depth, out=out)
+
+    def copy_all() -> None:
+        for raw, copy in zip(raws, copies, strict=True):
+            np.copyto(copy, raw)
+
+    return (best_of(repeats, decode_all) / ROTATING_FRAMES,
+            best_of(repeats, copy_all) / ROTATING_FRAMES)
 
 
 def bench_pipeline(module: ModuleGeometry, repeats: int) -> Iterator[Figure]:
-    warm_up()
-    layout = ArrayLayout(module)
-    rng = np.random.default_rng(0)
+    """Decode + assemble against a memcpy of the same raw frame, both over rotating buffers,
+    on ``numba.get_num_threads()`` threads (the figure's name says how many)."""
+    threads = numba.get_num_threads()
     for depth in (12, 24):
-        raw = rng.integers(0, 256, size=(1, module.payload_size(depth)), dtype=np.uint8)
-        copy = np.empty_like(raw)
-        out = np.empty(module.shape, dtype={12: np.uint16, 24: np.uint32}[depth])
-        pipeline = best_of(
-            repeats, lambda r=raw, o=out, d=depth: decode_assemble(r, layout, d, out=o))
-        memcpy = best_of(repeats, lambda r=raw, c=copy: np.copyto(c, r))
-        yield Figure(f"pipeline_{depth}bit_ms_per_frame", 1e3 * pipeline, "ms", 1e3 * memcpy,
-                     pipeline / memcpy)
+        pipeline, memcpy = _rotating(module, depth, max(repeats // 4, 2))
+        yield Figure(f"pipeline_{depth}bit_ms_per_frame_{threads}threads", 1e3 * pipeline, "ms",
+                     1e3 * memcpy, pipeline / memcpy)
 
 
 def simulator_process(address: tuple[str, int], module: ModuleGeometry, n_frames: int,
@@ -94,25 +99,32 @@ with socket.create_connection((host, port)) as s:
 """
 
 
+#: Slots of the ingest bench's ring, and buffers the raw loop rotates through (same memory).
+INGEST_SLOTS = 16
+
+
 def _raw_socket_seconds(frame_size: int, n_frames: int) -> float:
-    """Another process sends ``n_frames`` frames of ``frame_size`` bytes; ``recv_into`` one
-    buffer here: seconds from the first byte to the last."""
+    """Another process sends ``n_frames`` frames of ``frame_size`` bytes; ``recv_into`` here,
+    each frame into the next of :data:`INGEST_SLOTS` buffers, as the ring's slots are:
+    seconds from the first byte to the last."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         sender = subprocess.Popen([sys.executable, "-c", _RAW_SENDER, "127.0.0.1", str(port),
                                    str(frame_size), str(n_frames)])
         conn, _ = server.accept()
-        view = memoryview(bytearray(frame_size))
+        views = [memoryview(bytearray(frame_size)) for _ in range(INGEST_SLOTS)]
         with conn:
-            remaining = frame_size * n_frames
-            remaining -= conn.recv_into(view)
             t0 = time.perf_counter()
-            while remaining > 0:
-                got = conn.recv_into(view[: min(frame_size, remaining)])
-                if not got:
-                    break
-                remaining -= got
-            seconds = time.perf_counter() - t0
+            for frame in range(n_frames):
+                view, got = views[frame % INGEST_SLOTS], 0
+                while got < frame_size:
+                    n = conn.recv_into(view[got:])
+                    if not n:
+                        break
+                    got += n
+                if frame == 0:  # time from the first frame on, as the ingest run does
+                    t0 = time.perf_counter()
+            seconds = (time.perf_counter() - t0) * n_frames / (n_frames - 1)
         sender.wait()
     return seconds
 
@@ -120,7 +132,7 @@ def _raw_socket_seconds(frame_size: int, n_frames: int) -> float:
 def _ingest_seconds(module: ModuleGeometry, n_frames: int, depth: int) -> float:
     """``pimega-sim`` (own process) → ``tcp.receive`` into a frame ring, a consumer releasing
     each slot: seconds from the first frame to the last."""
-    ring = FrameRing(16, module.payload_size(depth))
+    ring = FrameRing(INGEST_SLOTS, module.payload_size(depth))
     counters = ModuleCounters()
     expected = FrameExpectation(module.chips_x, module.chips_y, module.chip_size, depth)
     armed, stop = threading.Event(), threading.Event()
@@ -309,6 +321,15 @@ def run(argv: list[str] | None = None) -> int:
                         help="image1:MinCallbackTime during --preview, s")
     parser.add_argument("--backend", choices=["cpu", "gpu"], default="cpu",
                         help="gpu: pinned host->device bandwidth and the GPU pipeline's frames/s")
+    parser.add_argument("--sustained", action="store_true",
+                        help="the highest paced rate held with zero loss (about a minute a "
+                             "setting), against each stage alone")
+    parser.add_argument("--depth", type=int, choices=[12, 24], default=12,
+                        help="counter depth of --sustained")
+    parser.add_argument("--compression", choices=["none", "bslz4"], default="none",
+                        help="file compression of --sustained")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="length of each --sustained try")
     parser.add_argument("--recon", action="store_true",
                         help="FBP slices/s of a 1536-wide, 1500-angle sinogram against "
                              "skimage's iradon and ASTRA's CPU FBP, with each one's error")
@@ -322,6 +343,13 @@ def run(argv: list[str] | None = None) -> int:
     module = ModuleGeometry(across, down, args.chip_size)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
+        if args.sustained:
+            ingest_s = best_of(2, lambda: _ingest_seconds(module, args.frames, args.depth))
+            stage_fps = {"ingest": args.frames / ingest_s,
+                         "pipeline": 1e3 / pipeline_ms(module, args.depth, args.repeats)}
+            report(bench_sustained(module, args.depth, args.compression, args.seconds,
+                                   directory, stage_fps), args.json)
+            return 0
         benches = {
             "pipeline": lambda: bench_pipeline(module, args.repeats),
             "ingest": lambda: bench_ingest(module, args.frames),
@@ -331,11 +359,14 @@ def run(argv: list[str] | None = None) -> int:
         }
         chosen = args.only or [n for n in benches if n != "preview" or args.preview]
         for name in chosen:
-            for figure in benches[name]():
-                if args.json:
-                    print(figure.line(), flush=True)
-                else:
-                    print(f"{figure.figure:32s} {figure.value:10.3f} {figure.unit:9s} "
-                          f"baseline {figure.baseline:10.3f}  ratio {figure.ratio:6.2f}",
-                          flush=True)
+            report(benches[name](), args.json)
     return 0
+
+
+def report(figures: Iterator[Figure], as_json: bool) -> None:
+    for figure in figures:
+        if as_json:
+            print(figure.line(), flush=True)
+        else:
+            print(f"{figure.figure:40s} {figure.value:10.3f} {figure.unit:9s} "
+                  f"baseline {figure.baseline:10.3f}  ratio {figure.ratio:6.2f}", flush=True)
