@@ -24,7 +24,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from pimega.cli import bench_gpu, bench_recon
+from pimega.cli import bench_gpu, bench_rdma, bench_recon
+from pimega.cli.bench_soak import bench_soak
 from pimega.cli.bench_sustained import bench_sustained
 from pimega.cli.figures import Figure, best_of
 from pimega.core.geometry import MAX_FRAME_RATE_HZ, ArrayLayout, ModuleGeometry
@@ -330,6 +331,12 @@ def run(argv: list[str] | None = None) -> int:
                         help="file compression of --sustained")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="length of each --sustained try")
+    parser.add_argument("--soak", type=float, metavar="SECONDS",
+                        help="run an IOC as a beamline would for SECONDS: files, stops, 10 "
+                             "preview clients, a control client; losses, memory, round trips")
+    parser.add_argument("--transport", choices=["tcp", "rdma"], default="tcp",
+                        help="rdma: RDMA ingest throughput and receive-thread CPU against "
+                             "ib_write_bw on the same device (without a device: why not)")
     parser.add_argument("--recon", action="store_true",
                         help="FBP slices/s of a 1536-wide, 1500-angle sinogram against "
                              "skimage's iradon and ASTRA's CPU FBP, with each one's error")
@@ -341,8 +348,15 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     across, down = (int(v) for v in args.chips.split("x"))
     module = ModuleGeometry(across, down, args.chip_size)
+    if args.transport == "rdma":
+        print(json.dumps(bench_rdma.run(module=module, frames=args.frames),
+                         indent=None if args.json else 2), flush=True)
+        return 0
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
+        if args.soak:
+            report(bench_soak(args.soak, directory, args.chips, args.chip_size), args.json)
+            return 0
         if args.sustained:
             ingest_s = best_of(2, lambda: _ingest_seconds(module, args.frames, args.depth))
             stage_fps = {"ingest": args.frames / ingest_s,

@@ -6,12 +6,16 @@ from pathlib import Path
 
 from pimega.core.errors import ConfigError
 from pimega.core.geometry import ArrayLayout
+from pimega.ingest.rdma import PyverbsVerbs, RdmaLink, RdmaSource, device_address
 from pimega.ingest.replay import NexusReplay, RawCaptureReplay
 from pimega.ingest.tcp import TcpSource
 from pimega.pipeline.backend import Backend
 from pimega.runtime.engine import Acquisition
 from pimega.sim.detector import SimulatedDetector
+from pimega.sim.rdma_sender import RdmaSimulator
 from pimega.sim.sender import SimConfig
+
+RDMA_SIM_PORT = 7471  # where an RDMA node with the built-in simulator listens
 
 
 def simulated_node(layout: ArrayLayout, config: SimConfig | None = None,
@@ -39,3 +43,19 @@ def replay_node(layout: ArrayLayout, path: Path, rate_hz: float | None = None,
     replay = (NexusReplay(path, layout, rate_hz) if signature.startswith(b"\x89HDF")
               else RawCaptureReplay(path, rate_hz))
     return Acquisition(layout, [replay], detector=replay, backend=backend)
+
+
+def rdma_node(layout: ArrayLayout, host: str | None, port: int,
+              config: SimConfig | None = None, backend: Backend | None = None) -> Acquisition:
+    """A node receiving over RDMA on host:port (host None: the RDMA device's address); with
+    ``config`` the built-in simulator sends to it over the same device.
+
+    Raises :class:`~pimega.ingest.rdma.RdmaUnavailable` (a PimegaError) saying why, where
+    pyverbs or an RDMA device is missing.
+    """
+    verbs = PyverbsVerbs()
+    address = host or device_address()
+    source = RdmaSource(address, port, verbs=verbs)
+    detector = None if config is None else RdmaSimulator(
+        lambda modules: RdmaLink.connect(verbs, address, port, modules), config)
+    return Acquisition(layout, [source], detector=detector, backend=backend)
