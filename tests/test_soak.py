@@ -1,4 +1,4 @@
-"""A bounded soak of a real IOC (small frames, ~20 s): files, stops, ten preview clients and a
+"""A bounded soak of a real IOC (small frames, ~12 s): files, stops, ten preview clients and a
 control client at once. The figures come from ``pimega bench --soak``; here only what must
 hold whatever the machine's speed: nothing lost, memory and threads bounded."""
 
@@ -20,7 +20,7 @@ MAX_RSS_GROWTH = 1.5
 
 def test_soak_loses_nothing_and_stays_bounded(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pimega", "bench", "--json", "--soak", "20", "--chips", "2x2",
+        [sys.executable, "-m", "pimega", "bench", "--json", "--soak", "12", "--chips", "2x2",
          "--chip-size", "16", "--dir", str(tmp_path)],
         check=True, capture_output=True, text=True, timeout=300).stdout
     figures = {f["figure"]: f for f in map(json.loads, out.splitlines())}
