@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -38,16 +38,20 @@ class RunningIOC:
         return self.log_path.read_text(errors="replace")
 
 
-def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0) -> RunningIOC:
-    """Start ``pimega-ioc`` and wait until its heartbeat PV answers."""
+def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0,
+              module: str = "pimega.cli.ioc", env: Mapping[str, str] | None = None
+              ) -> RunningIOC:
+    """Start ``pimega-ioc`` (or the IOC command of ``module``, e.g. ``pimega.cli.array``), its
+    environment this process's updated with ``env``, and wait until its heartbeat PV answers
+    (searched where this process's ``EPICS_CA_ADDR_LIST`` says)."""
     from caproto.threading.client import Context
 
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_ioc
     if "--no-autosave" not in extra and "--autosave-dir" not in extra:
         extra = (*extra, "--autosave-dir", str(log_path.parent / "autosave"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "pimega.cli.ioc", "--prefix", prefix, *extra],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        [sys.executable, "-m", module, "--prefix", prefix, *extra],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     ioc = RunningIOC(prefix, process, log_path, log)
     context = Context()
