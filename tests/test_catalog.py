@@ -503,3 +503,95 @@ def test_ophyd_async_type_checks_accept_the_served_pvs(ca_context: Any, suffix: 
         except TypeError as error:
             refused.append(f"{signal.read_pv}: {error}")
     assert refused == []
+
+
+# --- ADCore's own screens (ADApp/op/bob/autoconvert, 2026-07) -------------------------
+
+#: PVs (``$(P)$(R)`` removed) that ADCore's screens for the plugins this IOC serves reference:
+#: NDStats.bob + NDStatsTimeSeriesBasicAll.bob, NDFileHDF5.bob + NDFileBase.bob,
+#: NDProcess.bob, NDPva.bob; NDPluginBaseFull.bob for every plugin.
+ADCORE_SCREEN_PVS = {
+    "Stats1:": """
+        BgdWidth BgdWidth_RBV CentroidThreshold CentroidThreshold_RBV CentroidTotal_RBV
+        CentroidX_RBV CentroidY_RBV ComputeCentroid ComputeCentroid_RBV ComputeHistogram
+        ComputeHistogram_RBV ComputeProfiles ComputeProfiles_RBV ComputeStatistics
+        ComputeStatistics_RBV CursorX CursorX_RBV CursorY CursorY_RBV Eccentricity_RBV
+        HistAbove_RBV HistBelow_RBV HistEntropy_RBV HistMax HistMax_RBV HistMin HistMin_RBV
+        HistSize HistSize_RBV KurtosisX_RBV KurtosisY_RBV MaxValue_RBV MaxX_RBV MaxY_RBV
+        MeanValue_RBV MinValue_RBV MinX_RBV MinY_RBV Net_RBV Orientation_RBV ProfileSizeX_RBV
+        ProfileSizeY_RBV Reset.PROC SigmaXY_RBV SigmaX_RBV SigmaY_RBV Sigma_RBV SkewX_RBV
+        SkewY_RBV TS:TSAcquire TS:TSAcquireMode TS:TSAcquiring TS:TSCurrentPoint TS:TSNumPoints
+        TS:TSRead.PROC TS:TSRead.SCAN TS:TSTimeAxis TSMaxValue TSMaxX TSMaxY TSMeanValue
+        TSMinValue TSMinX TSMinY TSNet TSSigma TSTimestamp TSTotal Total_RBV
+    """,
+    "HDF1:": """
+        AutoIncrement AutoIncrement_RBV AutoSave AutoSave_RBV BloscCompressor
+        BloscCompressor_RBV BloscLevel BloscLevel_RBV BloscShuffle BloscShuffle_RBV
+        BoundaryAlign BoundaryAlign_RBV BoundaryThreshold BoundaryThreshold_RBV Capture
+        Capture_RBV ChunkSize2 ChunkSize2_RBV ChunkSizeAuto ChunkSizeAuto_RBV Compression
+        Compression_RBV CreateDirectory CreateDirectory_RBV DataBitsOffset DataBitsOffset_RBV
+        DeleteDriverFile DeleteDriverFile_RBV FileName FileName_RBV FileNumber FileNumber_RBV
+        FilePath FilePathExists_RBV FilePath_RBV FileTemplate FileTemplate_RBV FileWriteMode
+        FileWriteMode_RBV FillValue FillValue_RBV FlushNow FreeCapture FullFileName_RBV IOSpeed
+        JPEGQuality JPEGQuality_RBV LazyOpen LazyOpen_RBV NumCapture NumCapture_RBV
+        NumCaptured_RBV NumColChunks NumColChunks_RBV NumDataBits NumDataBits_RBV
+        NumFramesChunks NumFramesChunks_RBV NumFramesFlush NumFramesFlush_RBV NumRowChunks
+        NumRowChunks_RBV ReadFile ReadFile_RBV RunTime SWMRActive_RBV SWMRCbCounter_RBV SWMRMode
+        SWMRMode_RBV SWMRSupported_RBV SZipNumPixels SZipNumPixels_RBV StoreAttr StoreAttr_RBV
+        StorePerform StorePerform_RBV TempSuffix TempSuffix_RBV WriteFile WriteFile_RBV
+        WriteMessage WriteStatus XMLErrorMsg_RBV XMLFileName XMLFileName_RBV XMLValid_RBV ZLevel
+        ZLevel_RBV
+    """,
+    "Proc1:": """
+        AutoOffsetScale AutoResetFilter DataTypeOut DataTypeOut_RBV EnableBackground
+        EnableBackground_RBV EnableFilter EnableFilter_RBV EnableFlatField EnableFlatField_RBV
+        EnableHighClip EnableHighClip_RBV EnableLowClip EnableLowClip_RBV EnableOffsetScale
+        EnableOffsetScale_RBV FC1 FC1_RBV FC2 FC2_RBV FC3 FC3_RBV FC4 FC4_RBV FOffset
+        FOffset_RBV FScale FScale_RBV FilterCallbacks FilterType HighClipThresh
+        HighClipThresh_RBV HighClipValue HighClipValue_RBV LowClipThresh LowClipThresh_RBV
+        LowClipValue LowClipValue_RBV NumFilter NumFilter_RBV NumFiltered_RBV OC1 OC1_RBV OC2
+        OC2_RBV OC3 OC3_RBV OC4 OC4_RBV OOffset OOffset_RBV OScale OScale_RBV Offset Offset_RBV
+        RC1 RC1_RBV RC2 RC2_RBV ROffset ROffset_RBV ReadBackgroundTIFFSeq.PROC
+        ReadFlatFieldTIFFSeq ResetFilter SaveBackground SaveFlatField Scale ScaleFlatField
+        ScaleFlatField_RBV Scale_RBV ValidBackground_RBV ValidFlatField_RBV
+    """,
+    "Pva1:": """
+        PvName_RBV
+    """,
+}
+ADCORE_PLUGIN_BASE_PVS = """
+    ADCoreVersion_RBV ArrayCallbacks ArrayCallbacks_RBV ArrayCounter ArrayCounter_RBV
+    ArrayRate_RBV ArraySize0_RBV ArraySize1_RBV ArraySize2_RBV BayerPattern_RBV
+    BlockingCallbacks BlockingCallbacks_RBV Codec_RBV ColorMode_RBV CompressedSize_RBV
+    DataType_RBV DisorderedArrays DisorderedArrays_RBV DriverVersion_RBV DroppedArrays
+    DroppedArrays_RBV DroppedOutputArrays DroppedOutputArrays_RBV EnableCallbacks
+    EnableCallbacks_RBV ExecutionTime_RBV MaxArrayRate MaxArrayRate_RBV MaxByteRate
+    MaxByteRate_RBV MaxThreads_RBV MinCallbackTime MinCallbackTime_RBV NDArrayAddress
+    NDArrayAddress_RBV NDArrayPort NDArrayPort_RBV NDimensions_RBV NumThreads NumThreads_RBV
+    PluginType_RBV PortName_RBV ProcessPlugin QueueFree QueueSize SortFree SortMode SortMode_RBV
+    SortSize SortTime SortTime_RBV TimeStamp_RBV UniqueId_RBV
+"""
+
+
+@pytest.mark.parametrize("prefix", ["Stats1:", "HDF1:", "Proc1:", "Pva1:", "ROI1:", "image1:"])
+def test_every_pv_of_adcores_screens_for_a_plugin_is_served(prefix: str) -> None:
+    from pimega.screens.pvs import ServedPVs
+
+    served = ServedPVs.of(1, "")
+    wanted = [*ADCORE_SCREEN_PVS.get(prefix, "").split(), *ADCORE_PLUGIN_BASE_PVS.split()]
+    missing = []
+    for name in wanted:
+        base, _, field = name.partition(".")
+        pv = served.get(prefix + base)
+        if pv is None or (field and field not in record_fields(pv.record)):
+            missing.append(name)
+    assert missing == []
+
+
+def test_stock_ophyd_process_and_pva_plugins_find_every_pv() -> None:
+    from ophyd.areadetector.plugins import ProcessPlugin, PvaPlugin
+
+    from pimega.iocs.pimega_specs import PIMEGA_PROCESS
+
+    assert unserved(ophyd_suffixes(ProcessPlugin), (*catalog.PROCESS_STACK, PIMEGA_PROCESS)) == []
+    assert unserved(ophyd_suffixes(PvaPlugin), catalog.PVA_STACK) == []

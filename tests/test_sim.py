@@ -352,6 +352,22 @@ def test_paced_frames_arrive_in_order_with_rising_timestamps(receiver):
         assert [h.frame_number for h, _ in frames] == list(range(n_frames))
 
 
+def test_frame_k_leaves_when_its_exposure_ends_stamped_in_epoch_time(receiver):
+    """As a detector: frame k is sent at start + (k+1)/rate, not at the start of its
+    exposure; its timestamp is ns since the Unix epoch."""
+    n_frames, rate = 3, 10.0
+    with simulator(receiver, frame_rate_hz=rate) as sim:
+        (conn,) = receiver.accept(1)
+        before_ns = time.time_ns()
+        sim.acquire(n_frames)
+        frames = receive([conn], n_frames)[0]
+        assert sim.wait(IO_TIMEOUT_S)
+    assert sim.elapsed_s >= n_frames / rate * 0.95
+    offsets = [(h.timestamp_ns - before_ns) / 1e9 for h, _ in frames]
+    for k, offset in enumerate(offsets):
+        assert offset >= (k + 1) / rate * 0.9, offsets
+
+
 def test_phantom_frames_carry_the_scan(receiver):
     layout = ArrayLayout.square(4, TINY)
     params = PhantomParams(n_darks=2, n_flats=1, seed=5)

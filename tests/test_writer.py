@@ -16,6 +16,7 @@ import pytest
 from pimega.core.errors import ConfigError, WriterError
 from pimega.core.naming import ensure_directory, full_file_name, normalise_path, path_exists
 from pimega.writer.bitshuffle import BitshuffleLZ4Compressor
+from pimega.writer.filters import CompressionOptions
 from pimega.writer.hdf5 import DATA_PATH, DETECTOR_PATH, NexusMetadata, NexusWriter
 
 SHAPE = (64, 64)
@@ -375,3 +376,47 @@ def test_file_size_limit_stops_the_writer_cleanly(tmp_path: Path) -> None:
     assert 100 < count < limit // (64 * 64 * 4)
     assert os.path.getsize(path) <= limit
     assert_holds_exactly(path, noise_frames(400), count)
+
+
+# --- compression choices and the NeXus layout -------------------------------------------
+
+
+@pytest.mark.parametrize(("compression", "options"), [
+    ("nbit", CompressionOptions()), ("nbit", CompressionOptions(nbit_bits=10, nbit_offset=2)),
+    ("szip", CompressionOptions(szip_pixels=8)), ("zlib", CompressionOptions(zlib_level=9)),
+    ("blosc", CompressionOptions(blosc_compressor="zstd", blosc_shuffle="bit")),
+    ("lz4", CompressionOptions()),
+])
+def test_each_hdf5_filter_stores_frames_that_read_back_equal(tmp_path: Path, compression: str,
+                                                             options: CompressionOptions):
+    data = np.arange(3 * 32 * 32, dtype=np.uint16).reshape(3, 32, 32) % 1000  # fits 10 bits
+    meta = NexusMetadata(bit_depth=12, count_time_s=0.1, frame_time_s=0.1)
+    with NexusWriter(tmp_path / "f.h5", (32, 32), np.uint16, meta, compression=compression,  # type: ignore[arg-type]
+                     compression_options=options) as writer:
+        for index, frame in enumerate(data):
+            writer.write(frame, index, 0)
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f[DATA_PATH]._filters  # a filter is really on the dataset
+        np.testing.assert_array_equal(f[DATA_PATH][()], data)
+
+
+def test_a_compression_nothing_here_provides_is_refused_with_its_reason(tmp_path: Path):
+    with pytest.raises(ConfigError, match="JPEG compression is not available"):
+        NexusWriter(tmp_path / "x.h5", SHAPE, "u2", META, compression="jpeg")
+
+
+def test_frame_numbers_and_ids_of_the_file_keep_their_meaning(tmp_path: Path):
+    """frame_number counts the file's frames, detector_frame_number is the detector's,
+    unique_id the node's; the file has a root @default, start_time and end_time."""
+    with NexusWriter(tmp_path / "n.h5", SHAPE, "u4", META) as writer:
+        for index in range(3):
+            writer.write(np.zeros(SHAPE, np.uint32), index, 1_700_000_000 * 10**9 + index,
+                         unique_id=40 + index, detector_frame_number=0)
+    with h5py.File(tmp_path / "n.h5") as f:
+        detector = f[DETECTOR_PATH]
+        np.testing.assert_array_equal(detector["frame_number"][()], [0, 1, 2])
+        np.testing.assert_array_equal(detector["detector_frame_number"][()], [0, 0, 0])
+        np.testing.assert_array_equal(detector["unique_id"][()], [40, 41, 42])
+        assert f.attrs["default"] == "entry"
+        assert f["entry/end_time"].asstr()[()] >= f["entry/start_time"].asstr()[()]
+        assert f["entry/data/data"].attrs["target"] == f"{DETECTOR_PATH}/data"

@@ -13,7 +13,9 @@ from typing import Any
 
 from caproto.asyncio.server import Context
 from caproto.server import PVGroup
+from caproto.sync.client import read as ca_read
 
+from pimega import __version__
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.core.geometry import ArrayLayout
 from pimega.iocs import logfilter
@@ -46,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
         prog="pimega-ioc", description=__doc__,
         epilog="Channel Access interface and port follow EPICS_CAS_INTF_ADDR_LIST and "
                "EPICS_CA_SERVER_PORT (caproto's defaults otherwise).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--prefix", default="PIMEGA:", help="PV prefix $(P)$(R) (default PIMEGA:)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--sim", action="store_true",
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print("pimega-ioc: --transport rdma needs an RDMA device and pyverbs; none is "
               "available here, use --transport tcp", file=sys.stderr)
         return 2
+    if served_elsewhere(args.prefix):
+        print(f"pimega-ioc: another IOC already serves {args.prefix}Heartbeat_RBV on this "
+              "network: choose another --prefix, or stop that IOC", file=sys.stderr)
+        return 1
     pva = None
     try:
         backend = make_backend(args.backend)
@@ -137,6 +144,20 @@ def main(argv: list[str] | None = None) -> int:
             pva.close()
         node.close()
     return 0
+
+
+#: How long start-up looks for another IOC serving the same prefix.
+PREFIX_SEARCH_S = 1.0
+
+
+def served_elsewhere(prefix: str) -> bool:
+    """Whether an IOC answers for ``prefix`` already (a second one would make every client's
+    search ambiguous: CA takes whichever answers first)."""
+    try:
+        ca_read(f"{prefix}Heartbeat_RBV", timeout=PREFIX_SEARCH_S, repeater=False)
+    except (TimeoutError, OSError):
+        return False
+    return True
 
 
 def make_backend(name: str) -> Backend:

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pimega import __version__
 from pimega.core.errors import ConfigError
 from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry
 from pimega.sim.patterns import COUNTER_PERIOD
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulated π-MEGA detector: sends wire-format v1 frames over TCP, "
         "one connection per module, to a receiver that listens on HOST:PORT.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     net = parser.add_argument_group("receiver")
     net.add_argument("--host", default="127.0.0.1", help="receiver address (default %(default)s)")
     net.add_argument("--port", type=_ports, required=True,

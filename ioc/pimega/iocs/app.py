@@ -10,6 +10,7 @@ from typing import Any
 
 from caproto.server import PVGroup, SubGroup, pvproperty
 
+from pimega.core.geometry import ArrayLayout
 from pimega.runtime import MAX_SLICES, NODE_STAGES, NodeControl
 
 from .access import AccessGroup
@@ -17,7 +18,8 @@ from .autosave import Autosave
 from .cam import CamGroup, cam_group_class
 from .events import Completions
 from .pipeline_group import PipelineGroup, pipeline_group_class
-from .plugins import HDF5Group, ImageGroup, ROIGroup, StatsGroup
+from .plugins import HDF5Group, ImageGroup, PvaGroup, ROIGroup, StatsGroup
+from .proc_group import ProcessGroup
 from .pva import PVA_IMAGE_SUFFIX, PvaImages
 from .recon_group import ReconGroup, recon_group_class, slice_image_suffix
 
@@ -28,7 +30,8 @@ POLL_S = 0.1
 
 
 class PimegaIOC(PVGroup):
-    """π-MEGA back-end: ``cam1:``, ``image1:``, ``HDF1:``, ``Stats1:``, ``ROI1:``, ``Pipe:``.
+    """π-MEGA back-end: ``cam1:``, ``Proc1:``, ``image1:``, ``Pva1:``, ``HDF1:``,
+    ``Stats1:`` (with ``Stats1:TS:``), ``ROI1:``, ``Pipe:``.
 
     ``cam1:`` and ``Pipe:`` depend on the node (modules, stages): build the class with
     :func:`ioc_class`.
@@ -42,6 +45,8 @@ class PimegaIOC(PVGroup):
     hdf = SubGroup(HDF5Group, prefix="HDF1:")
     stats = SubGroup(StatsGroup, prefix="Stats1:")
     roi = SubGroup(ROIGroup, prefix="ROI1:")
+    proc = SubGroup(ProcessGroup, prefix="Proc1:")
+    pva_group = SubGroup(PvaGroup, prefix="Pva1:")
 
     def __init__(self, *args: Any, node: NodeControl, data_roots: Sequence[str] = (),
                  **kwargs: Any) -> None:
@@ -58,7 +63,8 @@ class PimegaIOC(PVGroup):
         self.node.subscribe(events.put)
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self.completions.run(events))]
-        for group in (self.cam, self.image, self.hdf, self.stats, self.roi):
+        for group in (self.cam, self.proc, self.image, self.pva_group, self.hdf, self.stats,
+                      self.roi):
             await group.startup()
         if self.autosave is not None:  # after the start-up values, which it overrides
             await self.autosave.restore()
@@ -83,24 +89,39 @@ class PimegaIOC(PVGroup):
         startup=_poll,  # pyright: ignore[reportArgumentType] - caproto types self as PVGroup
         doc="Counts status polls: a live IOC keeps it moving")
 
+    async def publish_geometry(self) -> None:
+        """The shape and data type of the arrays each port outputs."""
+        node = self.node
+        await self.cam.publish_settings()
+        for group in (self.proc, self.hdf):
+            await group.post_array_geometry(node.image_shape, node.image_dtype)
+        await self.stats.post_array_geometry(await self.roi.publish_region(), node.image_dtype)
+
     async def publish(self) -> None:
         """Refresh every group from one node status."""
         node = self.node
         status = node.status()
-        await self.hdf.post_array_geometry(node.image_shape, node.image_dtype)
-        await self.stats.post_array_geometry(await self.roi.publish_region(), node.image_dtype)
+        await self.publish_geometry()
         await self.cam.publish_status(status)
         await self.pipe.publish(status)
+        await self.proc.publish_process(status)
         await self.stats.publish_stats(node.latest_stats())
+        stats = next((s for s in status.stages if s.name == "stats"), None)
+        latest = node.latest_stats()
+        if stats is not None and latest is not None:
+            for group in (self.roi, self.stats):  # ROI1 feeds Stats1 the frames it processes
+                await group.publish_arrays(stats.total, stats.skipped, latest[0])
         await self.recon.publish(self.pva)
-        if status.capture.active:
-            await self.hdf.publish_capture(status)
+        await self.hdf.publish_capture(status)
 
 
-def ioc_class(n_modules: int, width: int, stage_names: tuple[str, ...] = NODE_STAGES
-              ) -> type[PimegaIOC]:
+def ioc_class(n_modules: int, width: int | None = None,
+              stage_names: tuple[str, ...] = NODE_STAGES) -> type[PimegaIOC]:
     """The root group for ``n_modules`` modules (``cam1:M1:`` …), images ``width`` wide
-    (the reconstruction's slices) and the node's stages."""
+    (the reconstruction's slices; default the square array of full modules) and the node's
+    stages."""
+    if width is None:
+        width = ArrayLayout.square(n_modules).width
     cam = SubGroup(cam_group_class(n_modules), prefix="cam1:")
     pipe = SubGroup(pipeline_group_class(stage_names), prefix="Pipe:")
     recon = SubGroup(recon_group_class(width), prefix="Recon:")

@@ -24,6 +24,21 @@ def ascii_text(text: str, limit: int = 255) -> str:
     return text.translate(_ASCII).encode("ascii", "replace").decode()[:limit]
 
 
+#: Seconds from the Unix epoch (1970) to the EPICS epoch (1990), ADCore's time origin.
+EPICS_EPOCH_S = 631152000
+
+
+def frame_time_values(timestamp_ns: int | None) -> dict[str, Any]:
+    """NDArrayBase's TimeStamp_RBV (s), EpicsTSSec_RBV and EpicsTSNsec_RBV (EPICS epoch) of
+    a frame's time in ns since the Unix epoch; nothing when it is unknown."""
+    if not timestamp_ns:
+        return {}
+    seconds, nanoseconds = divmod(int(timestamp_ns), 1_000_000_000)
+    epics_seconds = seconds - EPICS_EPOCH_S
+    return {"TimeStamp_RBV": epics_seconds + nanoseconds / 1e9,
+            "EpicsTSSec_RBV": epics_seconds, "EpicsTSNsec_RBV": nanoseconds}
+
+
 def data_type_name(dtype: np.dtype) -> str:
     """ADCore's DataType string of a numpy dtype (UInt16, Float32, ...)."""
     return next(name for name in DATA_TYPES if name.lower() == np.dtype(dtype).name)
@@ -72,7 +87,7 @@ class NodeGroup(CatalogGroup):
             "ArraySizeX_RBV": width, "ArraySizeY_RBV": height, "ArraySizeZ_RBV": 0,
             "ArraySize0_RBV": width, "ArraySize1_RBV": height, "ArraySize2_RBV": 0,
             "ArraySize_RBV": width * height * np.dtype(dtype).itemsize,
-            "NDimensions_RBV": 2, "DataType_RBV": data_type_name(dtype), "ColorMode_RBV": "Mono",
+            "NDimensions_RBV": 2, "DataType": data_type_name(dtype), "ColorMode": "Mono",
             "ArraySize0": width, "ArraySize1": height,  # file plugins serve these too
-        }
+        }  # DataType and ColorMode: setpoint and readback say the same
         await self.post_many({k: v for k, v in values.items() if self.prefix + k in self.pvdb})

@@ -5,12 +5,19 @@
 and a start right after a stop starts a new one once the stopped one has ended.
 ``Acquire_RBV`` goes 1 then 0 as separate monitor updates even for one fast frame, as
 ophyd's ``SingleTrigger`` needs. A put of 0 stops the acquisition. The acquisition's settings
-are one snapshot of the PVs, taken when it starts.
+are one snapshot of the PVs, taken when it starts (Proc1:'s steps included).
+
+Readbacks never say what the detector does not do: ``DataType`` is the counter depth's
+(UInt8, UInt16, UInt32) and refuses any other (Proc1:DataTypeOut converts frames),
+``ColorMode`` is Mono. ``TimeRemaining_RBV`` counts down to the end of the acquisition (of
+the current frame in Continuous mode): frame k arrives at start + (k+1)·max(AcquireTime,
+AcquirePeriod), as from a detector.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -18,10 +25,11 @@ from caproto import SkipWrite
 from caproto.server import SubGroup
 
 from pimega import __version__
+from pimega.core.bitpack import dtype_for_depth
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.runtime import AcquisitionEnded, Status
 
-from .base import NodeGroup
+from .base import NodeGroup, data_type_name, frame_time_values
 from .catalog import CAM_STACK
 from .events import Busy
 from .factory import make_group, on_put, override
@@ -42,6 +50,7 @@ class CamGroup(NodeGroup, CamBase):
         self._acquisitions = 0
         self._counter_base = 0
         self._busy: Busy | None = None
+        self._started: float | None = None  # monotonic start of the running acquisition
 
     @property
     def busy(self) -> Busy:
@@ -85,6 +94,24 @@ class CamGroup(NodeGroup, CamBase):
     async def _geometry(self, name: str, value: int) -> int:
         raise ConfigError(f"{name} is fixed by the module geometry")
 
+    @on_put("DataType")
+    async def _data_type(self, name: str, value: str) -> str:
+        depth_type = self._raw_type()
+        if value != depth_type:
+            raise ConfigError(f"DataType is {depth_type}, fixed by the counter depth: change "
+                              "CounterDepth, or Proc1:DataTypeOut to convert frames")
+        return value
+
+    @on_put("ColorMode")
+    async def _color_mode(self, name: str, value: str) -> str:
+        if value != "Mono":
+            raise ConfigError("ColorMode is Mono: the detector counts photons per pixel")
+        return value
+
+    def _raw_type(self) -> str:
+        """The DataType of the frames the detector sends at the current counter depth."""
+        return data_type_name(dtype_for_depth(self.node.settings.bit_depth))
+
     async def publish_settings(self) -> None:
         """Readbacks that follow from the node's settings and the geometry."""
         node = self.node
@@ -93,7 +120,7 @@ class CamGroup(NodeGroup, CamBase):
             "MaxFrameRate_RBV": node.settings.max_frame_rate_hz,
             "MaxSizeX_RBV": width, "MaxSizeY_RBV": height, "SizeX": width, "SizeY": height,
         })
-        await self.post_array_geometry(node.image_shape, node.image_dtype)
+        await self.post_array_geometry(node.image_shape, dtype_for_depth(node.settings.bit_depth))
 
     async def startup(self) -> None:
         """Post the node's defaults and the detector's identity once the IOC runs."""
@@ -117,12 +144,14 @@ class CamGroup(NodeGroup, CamBase):
             "acquire_period_s": self.pv("AcquirePeriod").value,
             "bit_depth": DEPTH_OF_STATE[self.pv("CounterDepth").value],
             "n_images": _IMAGES_OF_MODE[self.pv("ImageMode").value](self.pv("NumImages").value),
+            "process": self.root.proc.steps(),
         }
 
     def _start(self) -> int:
         self.node.configure(**self._acquire_settings())
         number = self.node.start()
         self._counter_base = self.pv("ArrayCounter_RBV").value
+        self._started = time.monotonic()
         return number
 
     async def _put_acquire(self, instance: Any, value: Any) -> Any:
@@ -130,9 +159,13 @@ class CamGroup(NodeGroup, CamBase):
             self.busy.stop()
             self.node.stop()
             return 0  # Acquire reads Done at once, as a busy record does
+        hdf = self.root.hdf
+        if not self.busy.active:  # a put that joins or follows a running one arms nothing
+            await hdf.begin_auto_save()
         try:
             number = await self.busy.begin(self._start)
         except PimegaError as exc:
+            await hdf.end_auto_save()
             await self.post("StatusMessage_RBV", f"Acquire refused: {exc}")
             raise
         if number is None:  # joined a running acquisition, which has ended now
@@ -140,6 +173,8 @@ class CamGroup(NodeGroup, CamBase):
         await self.post("Acquire", 1)
         await self.post_many({"DetectorState_RBV": "Acquire", "StatusMessage_RBV": "Acquiring"})
         ended: AcquisitionEnded = await self.busy.wait(number)
+        self._started = None
+        await hdf.end_auto_save()
         if self.pv("WaitForPlugins").value == "Yes":
             await asyncio.get_running_loop().run_in_executor(None, self.node.flush)
         await self.root.publish()  # every plugin shows the last frame before Acquire_RBV=0
@@ -166,12 +201,26 @@ class CamGroup(NodeGroup, CamBase):
             "Backend_RBV": status.backend,
             "Backend_BufferUsed_RBV": 100.0 * status.buffer_used / max(status.buffer_size, 1),
             "IOCStatusMessage_RBV": status.message,
+            "TimeRemaining_RBV": self._time_remaining(),
+            **frame_time_values(self.node.frame_timestamp_ns(status.unique_id)),
         })
         if status.state == "Error":
             await self.post_many({"DetectorState_RBV": "Error"})
         modules = [getattr(self, f"m{i + 1}") for i in range(len(status.modules))]
         for group, counters in zip(modules, status.modules, strict=True):
             await group.publish(counters, self._acquisitions)
+
+
+    def _time_remaining(self) -> float:
+        """Seconds left in the acquisition (in the current frame when Continuous)."""
+        if self._started is None:
+            return 0.0
+        settings = self.node.settings
+        period = 1.0 / settings.frame_rate_hz
+        elapsed = time.monotonic() - self._started
+        if settings.n_images == 0:
+            return period - elapsed % period
+        return max(settings.n_images * period - elapsed, 0.0)
 
 
 def cam_group_class(n_modules: int) -> type[CamGroup]:

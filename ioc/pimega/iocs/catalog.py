@@ -19,11 +19,17 @@ Served differently from ADCore, on purpose:
 - Legacy names ophyd v1 still declares, no longer in ADCore, are served as plain stand-ins:
   ``PoolMaxBuffers``, ``FileNumber_Sync``, ``FileNumber_write`` and the Stats time-series
   controls ``TSControl``, ``TSRead``, ``TSNumPoints``, ``TSCurrentPoint``, ``TSAcquiring``.
+- ``Stats1:Reset`` (an ``sseq`` in ADCore, its screen's reset button) is served as a LONG
+  whose put zeroes the statistics; ``Proc1:<Type>Seq`` (``seq`` records) as LONGs whose put
+  writes that filter type's coefficients, as ADCore's sequences do.
+- Legacy names ophyd's ProcessPlugin still declares: ``HighClip``, ``LowClip`` (the clip
+  thresholds of ADCore < 3).
 - Not served: the numbered families beyond 3-D (ArraySize3..9, Dim3SA..Dim9SA,
-  ChunkSize2..9, ExtraDimSize/Name/Chunk3..9, PosNameDim3..9, PosIndexDim3..9), the
-  internal link records (calcout/sseq chains such as AcquireBusy, MaxArrayRate_COUT,
-  SortFreeLow, Stats Reset*), NDPluginBase's internal calcouts except the three ophyd
-  declares (QueueFreeLow, QueueUseHIGH, QueueUseHIHI).
+  ChunkSize3..9, ExtraDimSize/Name/Chunk3..9, PosNameDim3..9, PosIndexDim3..9), the
+  internal link records (calcout/seq/sseq chains such as AcquireBusy, MaxArrayRate_COUT,
+  SortFreeLow, Stats Reset1/2, Proc's FilterTypeSeq and NumFilterRecip), NDPluginBase's
+  internal calcouts except the three ophyd declares (QueueFreeLow, QueueUseHIGH,
+  QueueUseHIHI).
 
 Fields of a record (``DataType_RBV.DISA`` read by ophyd's ``dtype_numpy``, ``.RTYP``...)
 come from caproto's record support, which every PV here uses.
@@ -34,9 +40,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import records  # noqa: F401 - caproto serves the sseq records named here
+
 #: Record types whose VAL a client may write.
 OUTPUT_RECORDS = frozenset(
-    {"ao", "longout", "bo", "busy", "mbbo", "stringout", "calcout", "fanout", "dfanout", "asyn"}
+    {"ao", "longout", "bo", "busy", "mbbo", "stringout", "calcout", "fanout", "dfanout", "asyn",
+     "sseq", "seq"}
 )
 #: The input record that serves ``NAME_RBV`` for a setpoint of each output record type.
 READBACK_RECORD = {
@@ -59,6 +68,8 @@ CA_TYPE = {
     "longin": "LONG",
     "fanout": "LONG",
     "asyn": "LONG",
+    "sseq": "LONG",
+    "seq": "LONG",
     "bo": "ENUM",
     "bi": "ENUM",
     "busy": "ENUM",
@@ -270,6 +281,9 @@ PLUGIN_TYPES = {
     "stats": "NDPluginStats",
     "image": "NDPluginStdArrays",
     "roi": "NDPluginROI",
+    "process": "NDPluginProcess",
+    "pva": "NDPluginPva",
+    "time_series": "NDPluginTimeSeries",
 }
 
 #: NELM of image1:ArrayData: one module's frame (1536 x 1536); replace for other layouts.
@@ -460,6 +474,7 @@ ND_FILE_HDF5: tuple[PVSpec, ...] = (
     longout("NumRowChunks"),
     longout("NumColChunks"),
     longout("NumFramesChunks"),
+    longout("ChunkSize2"),
     longout("NDAttributeChunk"),
     longout("BoundaryAlign", 0, units="bytes"),
     longout("BoundaryThreshold", 1, units="bytes"),
@@ -564,6 +579,81 @@ ND_STATS: tuple[PVSpec, ...] = (
     link("dfanout", "SetXHOPR"),
     longin("MaxSizeY"),
     link("dfanout", "SetYHOPR"),
+    link("sseq", "Reset", doc="Write to zero the statistics"),
+)
+
+# --- NDTimeSeries.template (Stats1:TS:, the time series of the statistics) --------------
+
+ND_TIME_SERIES: tuple[PVSpec, ...] = (
+    stringin("PluginType_RBV", PLUGIN_TYPES["time_series"]),
+    busy("TSAcquire", ("Done", "Acquire"), readback=False,
+         doc="Start (1) or stop (0) collecting the statistics' time series"),
+    bi("TSAcquiring", ("Done", "Acquiring")),
+    bo("TSRead", ("Done", "Read"), "Read", readback=False,
+       doc="Write to publish the time series now"),
+    longout("TSNumPoints", TS_POINTS, readback=False, doc="Points to collect"),
+    longin("TSCurrentPoint", doc="Points collected"),
+    ao("TSTimePerPoint", precision=3, units="s"),
+    ao("TSAveragingTime", 0.1, precision=3, units="s"),
+    longin("TSNumAverage"),
+    ai("TSElapsedTime", precision=3, units="s"),
+    mbbo("TSAcquireMode", ("Fixed length", "Circ. buffer")),
+    array("TSTimeAxis", "DOUBLE", TS_POINTS),
+)
+
+# --- NDProcess.template (Proc1:) --------------------------------------------------------
+
+FILTER_TYPES = ("RecursiveAve", "Average", "Sum", "Difference", "RecursiveAveDiff",
+                "CopyToFilter")
+_FILTER_COEFFICIENTS = (("OOffset", 0.0), ("OScale", 1.0), ("OC1", 1.0), ("OC2", -1.0),
+                        ("OC3", 0.0), ("OC4", 1.0), ("FOffset", 0.0), ("FScale", 1.0),
+                        ("FC1", 1.0), ("FC2", -1.0), ("FC3", 0.0), ("FC4", 1.0),
+                        ("ROffset", 0.0), ("RC1", 1.0), ("RC2", 1.0))
+
+ND_PROCESS: tuple[PVSpec, ...] = (
+    stringin("PluginType_RBV", PLUGIN_TYPES["process"]),
+    mbbo("DataTypeOut", (*DATA_TYPES, "Automatic"), "Automatic"),
+    bo("SaveBackground", NO_YES, doc="Write 1 to keep the next frame as the background"),
+    bo("EnableBackground", DISABLE_ENABLE),
+    bi("ValidBackground_RBV", ("Invalid", "Valid")),
+    link("sseq", "ReadBackgroundTIFFSeq", doc="Refused: no TIFF reader here"),
+    stringout("PortBackup"),
+    bo("SaveFlatField", NO_YES, doc="Write 1 to keep the next frame as the flat field"),
+    bo("EnableFlatField", DISABLE_ENABLE),
+    bi("ValidFlatField_RBV", ("Invalid", "Valid")),
+    ao("ScaleFlatField", 255.0),
+    link("sseq", "ReadFlatFieldTIFFSeq", doc="Refused: no TIFF reader here"),
+    bo("EnableOffsetScale", DISABLE_ENABLE),
+    busy("AutoOffsetScale", ("Done", "Calculating"), readback=False),
+    ao("Offset", 0.0, precision=2),
+    ao("Scale", 1.0, precision=2),
+    bo("EnableLowClip", DISABLE_ENABLE),
+    ao("LowClipThresh", 0.0),
+    ao("LowClipValue", 0.0),
+    bo("EnableHighClip", DISABLE_ENABLE),
+    ao("HighClipThresh", 100.0),
+    ao("HighClipValue", 100.0),
+    bo("EnableFilter", DISABLE_ENABLE),
+    bo("ResetFilter", NO_YES),
+    bo("AutoResetFilter", NO_YES),
+    bo("FilterCallbacks", ("Every array", "Array N only")),
+    longout("NumFilter", 1),
+    link("calc", "NumFilterRecip"),
+    longin("NumFiltered_RBV"),
+    *(ao(name, value, precision=2) for name, value in _FILTER_COEFFICIENTS),
+    mbbo("FilterType", FILTER_TYPES, readback=False),
+    link("seq", "FilterTypeSeq", doc="Write to apply FilterType's coefficients"),
+    *(link("seq", f"{name}Seq", doc=f"Write to set the {name} coefficients")
+      for name in FILTER_TYPES),
+    ao("HighClip", 100.0, doc="Legacy (ADCore < 3) name of HighClipThresh"),
+    ao("LowClip", 0.0, doc="Legacy (ADCore < 3) name of LowClipThresh"),
+)
+
+# --- NDPva.template (Pva1:) -------------------------------------------------------------
+
+ND_PVA: tuple[PVSpec, ...] = (
+    stringin("PluginType_RBV", PLUGIN_TYPES["pva"]),
+    text("PvName_RBV", 256, doc="The PV Access channel of the NTNDArray"),
 )
 
 # --- NDROI.template (ROI1:) -------------------------------------------------------------
@@ -595,3 +685,6 @@ IMAGE_STACK = (ND_ARRAY_BASE, ND_PLUGIN_BASE, ND_STD_ARRAYS)
 HDF5_STACK = (ND_ARRAY_BASE, ND_PLUGIN_BASE, ND_FILE, ND_FILE_HDF5)
 STATS_STACK = (ND_ARRAY_BASE, ND_PLUGIN_BASE, ND_STATS)
 ROI_STACK = (ND_ARRAY_BASE, ND_PLUGIN_BASE, ND_ROI)
+TIME_SERIES_STACK = (ND_ARRAY_BASE, ND_PLUGIN_BASE, ND_TIME_SERIES)
+PROCESS_STACK = (ND_ARRAY_BASE, ND_PLUGIN_BASE, ND_PROCESS)
+PVA_STACK = (ND_ARRAY_BASE, ND_PLUGIN_BASE, ND_PVA)

@@ -4,7 +4,7 @@ IOCStatusMessage_RBV); the rest follow its style."""
 
 from __future__ import annotations
 
-from .catalog import PVSpec, ai, longin, longout, mbbo, stringin, text
+from .catalog import PVSpec, ai, ao, bi, bo, longin, longout, mbbo, stringin, stringout, text
 
 #: ADPimega's CounterDepth states, in its order, and the bit depth each one means.
 COUNTER_DEPTHS = ("1 bit", "12 bits", "6 bits", "24 bits")
@@ -27,4 +27,28 @@ PIMEGA_CAM: tuple[PVSpec, ...] = (
 PIMEGA_IMAGE: tuple[PVSpec, ...] = (
     longout("PreviewBinning", 0,
             doc="Preview binning factor; 0 bins just enough to fit one module (1536x1536)"),
+)
+
+#: HDF1: what the NeXus file says beyond the frames: its definition and, for NXmx, the
+#: diffraction geometry (names as ADEiger's where it has them: DetDist, BeamX, BeamY).
+PIMEGA_HDF5: tuple[PVSpec, ...] = (
+    mbbo("NexusDefinition", ("NXtomo", "NXmx"),
+         doc="NeXus application definition of the next file: NXtomo or NXmx"),
+    stringout("SampleName", "sample", doc="NXsample name"),
+    ao("DetDist", 100.0, precision=2, units="mm", doc="Sample to detector distance (NXmx)"),
+    ao("BeamX", 0.0, precision=1, units="pixel", doc="Beam centre, column (NXmx)"),
+    ao("BeamY", 0.0, precision=1, units="pixel", doc="Beam centre, row (NXmx)"),
+    ao("Wavelength", 1.0, precision=4, units="Angstrom", doc="Incident wavelength (NXmx)"),
+    stringout("SensorMaterial", "Si", doc="Sensor material (NXmx)"),
+    ao("SensorThickness", 300.0, precision=1, units="um", doc="Sensor thickness (NXmx)"),
+    stringout("SourceName", "unknown", doc="NXsource name (NXmx)"),
+)
+
+#: Proc1: the bad-pixel mask, loaded from a file.
+PIMEGA_PROCESS: tuple[PVSpec, ...] = (
+    text("BadPixelFile", 256, writable=True, readback=True,
+         doc="NumPy .npy file of a bool mask (True: bad), the image's shape; empty: none"),
+    bo("EnableBadPixels", ("Disable", "Enable"), doc="Zero the pixels of the mask"),
+    bi("ValidBadPixels_RBV", ("Invalid", "Valid"),
+       doc="Whether a mask of the image's shape is loaded"),
 )

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from caproto import SkipWrite
+from caproto.server import SubGroup
 
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.core.naming import (
@@ -23,14 +24,24 @@ from pimega.core.naming import (
     next_free_number,
     normalise_path,
 )
-from pimega.runtime import CaptureEnded, CaptureSettings, Stats, Status
+from pimega.runtime import (
+    CaptureEnded,
+    CaptureSettings,
+    CompressionOptions,
+    FileNaming,
+    MxGeometry,
+    Stats,
+    Status,
+    check_compression,
+)
 
-from .base import NodeGroup
+from .base import NodeGroup, frame_time_values
 from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
 from .events import Busy
 from .factory import make_group, on_put, override
-from .pimega_specs import PIMEGA_IMAGE
-from .pva import PVA_IMAGE_SUFFIX
+from .pimega_specs import PIMEGA_HDF5, PIMEGA_IMAGE
+from .pva import PVA_IMAGE_SUFFIX, PvaBase
+from .time_series import TimeSeriesGroup
 
 #: Shortest preview interval (50 Hz): a waveform monitor must never go unpaced.
 PREVIEW_FLOOR_S = 0.02
@@ -40,10 +51,47 @@ UPSTREAM_PORT = "PIMEGA"
 
 
 class PluginGroup(NodeGroup):
-    """NDPluginBase identity: port names and the upstream port, posted at start-up."""
+    """NDPluginBase identity (port names and the upstream port, posted at start-up) and its
+    counters: arrays processed (ArrayCounter_RBV), arrays the plugin's rate limit skipped
+    (DroppedArrays_RBV) — both reset by a put, as ADCore's — and the last array's unique id
+    and time."""
 
     port_name = ""
     upstream = UPSTREAM_PORT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._processed = self._dropped = 0  # since start-up
+        self._processed_base = self._dropped_base = 0  # at the last reset by a put
+
+    @on_put("ArrayCounter")
+    async def _reset_array_counter(self, name: str, value: int) -> int:
+        self._processed_base = self._processed - int(value)
+        return value
+
+    @on_put("DroppedArrays")
+    async def _reset_dropped_arrays(self, name: str, value: int) -> int:
+        self._dropped_base = self._dropped - int(value)
+        return value
+
+    @on_put("DataType", "ColorMode")
+    async def _array_type(self, name: str, value: str) -> str:
+        """A plugin's DataType and ColorMode are those of the arrays it receives."""
+        current = self.pv(f"{name}_RBV").value
+        if value != current:
+            raise ConfigError(f"{name} is {current}, that of the arrays this plugin receives "
+                              "(Proc1:DataTypeOut converts them)")
+        return value
+
+    async def publish_arrays(self, processed: int, dropped: int, unique_id: int) -> None:
+        """Post the counters (totals since start-up) and the identity of the last array."""
+        self._processed, self._dropped = processed, dropped
+        await self.post_many({
+            "ArrayCounter_RBV": processed - self._processed_base,
+            "DroppedArrays_RBV": dropped - self._dropped_base,
+            "UniqueId_RBV": unique_id,
+            **frame_time_values(self.node.frame_timestamp_ns(unique_id)),
+        })
 
     async def startup(self) -> None:
         await self.post_many({"PortName_RBV": self.port_name, "NDArrayPort": self.upstream,
@@ -92,6 +140,7 @@ class ImageGroup(PluginGroup, ImageBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._published_id = 0
+        self._published = 0
 
     async def startup(self) -> None:
         """Post the preview's geometry before the first frame (ophyd's ImagePlugin reads it)."""
@@ -108,14 +157,49 @@ class ImageGroup(PluginGroup, ImageBase):
             return
         unique_id, image = preview
         self._published_id = unique_id
+        self._published += 1
         await self.post_array_geometry(image.shape, image.dtype)
         # the one copy the waveform needs, made off the event loop (NumPy drops the GIL)
         flat = await asyncio.get_running_loop().run_in_executor(None, _as_waveform, image)
         await self.pv("ArrayData").write(flat, verify_value=False)
-        if self.root.pva is not None:
-            self.root.pva.post(PVA_IMAGE_SUFFIX, image, unique_id)
-        await self.post_many({"UniqueId_RBV": unique_id,
-                              "ArrayCounter_RBV": self.pv("ArrayCounter_RBV").value + 1})
+        await self.publish_arrays(self._published, unique_id - self._published, unique_id)
+        await self.root.pva_group.publish(image, unique_id)
+
+
+class PvaGroup(PluginGroup, PvaBase):
+    """NDPva: the preview as an NTNDArray over PV Access (``Pva1:Image``, where p4p is
+    installed), with the plugin's Channel Access PVs and counters."""
+
+    port_name = "PVA1"
+    upstream = "IMAGE1"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._posted = 0
+
+    async def startup(self) -> None:
+        await super().startup()
+        served = self.root.pva is not None
+        await self.post("PvName_RBV", self.root.prefix + PVA_IMAGE_SUFFIX if served else "")
+        if not served:
+            await self.post("EnableCallbacks", "Disable")
+
+    @on_put("EnableCallbacks")
+    async def _enable_callbacks(self, name: str, value: str) -> str:
+        if value == "Enable" and self.root.pva is None:
+            raise ConfigError("no PV Access server here: p4p is not installed "
+                              "(pip install pimega[pva])")
+        return value
+
+    async def publish(self, image: np.ndarray, unique_id: int) -> None:
+        """Post one preview image over PV Access, if enabled there."""
+        pva = self.root.pva
+        if pva is None or self.pv("EnableCallbacks").value != "Enable":
+            return
+        pva.post(PVA_IMAGE_SUFFIX, image, unique_id, self.node.frame_timestamp_ns(unique_id))
+        self._posted += 1
+        await self.publish_arrays(self._posted, 0, unique_id)
+        await self.post_array_geometry(image.shape, image.dtype)
 
 
 def _as_waveform(image: np.ndarray) -> np.ndarray:
@@ -123,10 +207,22 @@ def _as_waveform(image: np.ndarray) -> np.ndarray:
     return image.ravel().astype(">i4")
 
 
-HDF5Base = make_group("HDF5Base", *HDF5_STACK)
+HDF5Base = make_group("HDF5Base", *HDF5_STACK, PIMEGA_HDF5)
 
-#: HDF1:Compression strings this writer honours, and the writer's name for each.
-COMPRESSION = {"None": "none", "BSLZ4": "bslz4"}
+#: The writer's name of each HDF1:Compression string (JPEG is refused with the reason).
+COMPRESSION = {"None": "none", "N-bit": "nbit", "szip": "szip", "zlib": "zlib",
+               "Blosc": "blosc", "BSLZ4": "bslz4", "LZ4": "lz4", "JPEG": "jpeg"}
+#: CompressionOptions field of each compression option PV (enums map to lower case).
+_COMPRESSION_OPTIONS = {"ZLevel": "zlib_level", "BloscCompressor": "blosc_compressor",
+                        "BloscLevel": "blosc_level", "BloscShuffle": "blosc_shuffle",
+                        "NumDataBits": "nbit_bits", "DataBitsOffset": "nbit_offset",
+                        "SZipNumPixels": "szip_pixels"}
+#: MxGeometry field of each NXmx PV, and the factor from the PV's unit to the field's.
+_MX_GEOMETRY = {"DetDist": ("distance_m", 1e-3), "BeamX": ("beam_center_x_px", 1.0),
+                "BeamY": ("beam_center_y_px", 1.0), "Wavelength": ("wavelength_a", 1.0),
+                "SensorMaterial": ("sensor_material", None),
+                "SensorThickness": ("sensor_thickness_m", 1e-6),
+                "SourceName": ("source_name", None)}
 
 
 class HDF5Group(PluginGroup, HDF5Base):
@@ -138,6 +234,7 @@ class HDF5Group(PluginGroup, HDF5Base):
         super().__init__(*args, **kwargs)
         self._busy: Busy | None = None
         self._settings: CaptureSettings | None = None  # of the capture started last
+        self._per_frame: int | None = None  # the acquisition's capture, Single with AutoSave
         self._file_number = 0  # the number in its file name
 
     @property
@@ -159,9 +256,34 @@ class HDF5Group(PluginGroup, HDF5Base):
 
     @on_put("Compression")
     async def _compression(self, name: str, value: str) -> str:
-        if value not in COMPRESSION:
-            raise ConfigError(f"compression {value} is not supported: use None or BSLZ4")
+        check_compression(COMPRESSION[value])  # refuses, with the reason, what none provides
         return value
+
+    @on_put(*_COMPRESSION_OPTIONS)
+    async def _compression_option(self, name: str, value: Any) -> Any:
+        self._compression_options(name, value)  # refuses what the writer would
+        return value
+
+    def _compression_options(self, name: str = "", value: Any = None) -> CompressionOptions:
+        """The options of the PVs as they are, ``name`` taking ``value``."""
+        options = {}
+        for pv, field in _COMPRESSION_OPTIONS.items():
+            current = value if pv == name else self.pv(pv).value
+            options[field] = current.lower() if isinstance(current, str) else int(current)
+        return CompressionOptions(**options)
+
+    @on_put(*_MX_GEOMETRY)
+    async def _mx_geometry(self, name: str, value: Any) -> Any:
+        self._mx(name, value)  # refuses what makes no geometry
+        return value
+
+    def _mx(self, name: str = "", value: Any = None) -> MxGeometry:
+        """The NXmx geometry of the PVs as they are, ``name`` taking ``value``."""
+        geometry = {}
+        for pv, (field, factor) in _MX_GEOMETRY.items():
+            current = value if pv == name else self.pv(pv).value
+            geometry[field] = current if factor is None else float(current) * factor
+        return MxGeometry(**geometry)
 
     @on_put("FileTemplate")
     async def _file_template(self, name: str, value: str) -> str:
@@ -189,6 +311,9 @@ class HDF5Group(PluginGroup, HDF5Base):
         await self.post("FileTemplate", "%s%s_%6.6d.h5")
         await self.post("FileFormat", "HDF5")
         await self.post("SWMRSupported_RBV", "Supported")
+        defaults = CompressionOptions()  # the driver's defaults, as NDFileHDF5's constructor
+        await self.post_many({"ZLevel": defaults.zlib_level, "BloscLevel": defaults.blosc_level,
+                              "SZipNumPixels": defaults.szip_pixels})
 
     def _start(self) -> int:
         self._settings = self._capture_settings()
@@ -224,9 +349,10 @@ class HDF5Group(PluginGroup, HDF5Base):
 
     capture = override(HDF5Base, "capture", put=_put_capture)
 
-    def _capture_settings(self) -> CaptureSettings:
+    def _capture_settings(self, per_frame: bool = False) -> CaptureSettings:
         """The capture's snapshot. An existing file is never replaced: with AutoIncrement the
-        number moves on to the next free name, without it the capture is refused."""
+        number moves on to the next free name, without it the capture is refused. With
+        ``per_frame`` every frame gets a file of its own (Single mode with AutoSave)."""
         path = self.pv("FilePath").value
         check_within(path, self.root.data_roots)
         ensure_directory(path, self.pv("CreateDirectory").value)
@@ -240,17 +366,61 @@ class HDF5Group(PluginGroup, HDF5Base):
                               "FileNumber, or set AutoIncrement Yes")
         self._file_number = number
         mode = self.pv("FileWriteMode").value
+        if per_frame and self.pv("AutoIncrement").value != "Yes":
+            raise ConfigError("AutoSave in Single mode needs AutoIncrement Yes: an existing "
+                              "file is never replaced")
         return CaptureSettings(
             filename=filename,
-            num_capture=1 if mode == "Single" else self.pv("NumCapture").value,
+            num_capture=(0 if per_frame else 1 if mode == "Single"
+                         else self.pv("NumCapture").value),
             compression=COMPRESSION[self.pv("Compression").value],  # type: ignore[arg-type]
             lazy_open=self.pv("LazyOpen").value == "Yes",
             swmr=self.pv("SWMRMode").value == "On",
+            compression_options=self._compression_options(),
+            definition=self.pv("NexusDefinition").value,
+            mx=self._mx(),
+            per_frame=FileNaming(path, name, template, number) if per_frame else None,
         )
 
+    async def begin_auto_save(self) -> None:
+        """At an acquisition's start: in Single mode with AutoSave (and no capture running),
+        every frame of the acquisition goes into a file of its own, as ADCore's NDFile saves
+        each array it receives then."""
+        if (self.pv("FileWriteMode").value != "Single" or self.pv("AutoSave").value != "Yes"
+                or self.pv("EnableCallbacks").value != "Enable" or self.busy.active):
+            return
+        try:
+            self._per_frame = self.node.start_capture(self._capture_settings(per_frame=True))
+        except PimegaError as exc:  # the acquisition runs; the file writer says why not
+            await self.report_write_error(f"AutoSave: {exc}")
+
+    async def end_auto_save(self) -> None:
+        """At the acquisition's end: close its one-file-per-frame capture."""
+        if self._per_frame is None:
+            return
+        number, self._per_frame = self._per_frame, None
+        self.node.stop_capture()
+        await self.busy.wait(number)
+        await self.publish_capture(self.node.status())
+
+    @on_put("WriteFile", "ReadFile")
+    async def _write_or_read_file(self, name: str, value: str) -> str:
+        if value != "Done":
+            raise ConfigError(f"{name} is not available: frames are written as they come "
+                              "(Single mode with AutoSave, Capture, Stream), never read back")
+        return value
+
     async def publish_capture(self, status: Status) -> None:
-        await self.post_many({"NumCaptured_RBV": status.capture.num_captured,
-                              "ArrayCounter_RBV": status.frames_written})
+        capture = status.capture
+        await self.post_many({"NumCaptured_RBV": capture.num_captured})
+        if capture.next_file_number:  # one file per frame: name and number move on
+            await self.post_many({"FullFileName_RBV": capture.filename})
+            if self.pv("FileNumber").value != capture.next_file_number:
+                await self.post("FileNumber", capture.next_file_number)
+        if capture.error:
+            await self.report_write_error(capture.error)
+        if capture.last_unique_id:
+            await self.publish_arrays(status.frames_written, 0, capture.last_unique_id)
 
     async def _put_flush_now(self, instance: Any, value: Any) -> Any:
         if value not in (0, "Done"):
@@ -263,16 +433,43 @@ class HDF5Group(PluginGroup, HDF5Base):
 StatsBase = make_group("StatsBase", *STATS_STACK)
 
 
+#: The statistics' readbacks, zeroed by Stats1:Reset.
+_STATS_RESULTS = ("Total_RBV", "Net_RBV", "MinValue_RBV", "MaxValue_RBV", "MeanValue_RBV",
+                  "Sigma_RBV", "MinX_RBV", "MinY_RBV", "MaxX_RBV", "MaxY_RBV",
+                  "CentroidX_RBV", "CentroidY_RBV", "SigmaX_RBV", "SigmaY_RBV", "SigmaXY_RBV")
+
+
 class StatsGroup(PluginGroup, StatsBase):
-    """NDStats of the ROI1 output, computed by the pipeline (rate-limited there)."""
+    """NDStats of the ROI1 output, computed by the pipeline (rate-limited there), with its
+    time series ``TS:``."""
 
     port_name = "STATS1"
     upstream = "ROI1"
+    time_series = SubGroup(TimeSeriesGroup, prefix="TS:")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._published_id = 0
+
+    async def startup(self) -> None:
+        await super().startup()
+        await self.time_series.startup()
+
+    @on_put("Reset")
+    async def _reset(self, name: str, value: int) -> int:
+        await self.post_many(dict.fromkeys(_STATS_RESULTS, 0))
+        return value
 
     async def publish_stats(self, latest: tuple[int, Stats] | None) -> None:
-        if latest is None or self.pv("ComputeStatistics").value != "Yes":
+        """Post the newest statistics once (and add them to the time series)."""
+        if latest is None or latest[0] == self._published_id:
             return
         unique_id, stats = latest
+        self._published_id = unique_id
+        timestamp = frame_time_values(self.node.frame_timestamp_ns(unique_id))
+        await self.time_series.add_point(stats, timestamp.get("TimeStamp_RBV", 0.0))
+        if self.pv("ComputeStatistics").value != "Yes":
+            return
         await self.post_many({
             "Total_RBV": stats.total, "Net_RBV": stats.net, "MinValue_RBV": stats.min_value,
             "MaxValue_RBV": stats.max_value, "MeanValue_RBV": stats.mean,
@@ -280,7 +477,7 @@ class StatsGroup(PluginGroup, StatsBase):
             "MaxX_RBV": stats.max_x, "MaxY_RBV": stats.max_y,
             "CentroidX_RBV": stats.centroid_x, "CentroidY_RBV": stats.centroid_y,
             "SigmaX_RBV": stats.sigma_x, "SigmaY_RBV": stats.sigma_y,
-            "SigmaXY_RBV": stats.sigma_xy, "UniqueId_RBV": unique_id,
+            "SigmaXY_RBV": stats.sigma_xy,
         })
 
 

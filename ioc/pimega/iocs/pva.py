@@ -1,5 +1,11 @@
 """Images over PV Access as NTNDArrays (areaDetector's NDPluginPva): the preview
-``Pva1:Image`` and the live reconstruction's slices ``Recon:SliceN:Image``.
+``Pva1:Image`` and the live reconstruction's slices ``Recon:SliceN:Image``; and ``Pva1:``,
+the NDPva plugin's Channel Access PVs (NDPluginBase, ``PvName_RBV``, its counters).
+
+Each NTNDArray carries what ADCore's converter writes: ``uniqueId``, ``timeStamp`` and
+``dataTimeStamp`` (the frame's time, seconds and nanoseconds past the Unix epoch), ``codec``
+(empty: uncompressed), sizes, dimensions and the attributes ``ColorMode`` and the frame's
+``NDArrayUniqueId``, ``NDArrayTimeStamp``, ``NDArrayEpicsTSSec``, ``NDArrayEpicsTSnSec``.
 
 Optional: served only where p4p is installed (``pip install pimega[pva]``). p4p runs its own
 server threads; the IOC posts to it from the same places it updates the CA waveforms. The
@@ -16,6 +22,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+from .base import EPICS_EPOCH_S
+from .catalog import PVA_STACK
+from .factory import make_group
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +51,22 @@ class PvaImages:
         self._server = Server(providers=[{prefix + s: pv for s, pv in self._pvs.items()}],
                               conf=conf, useenv=True)
 
-    def post(self, suffix: str, image: np.ndarray, unique_id: int) -> None:
-        value: Any = self._nt.wrap(image)
+    def post(self, suffix: str, image: np.ndarray, unique_id: int,
+             timestamp_ns: int | None = None) -> None:
+        """Publish ``image`` with its unique id and time (ns since the Unix epoch; now when
+        not known)."""
+        timestamp_ns = timestamp_ns or time.time_ns()
+        seconds, nanoseconds = divmod(int(timestamp_ns), 1_000_000_000)
+        value: Any = self._nt.wrap(image, attrib={
+            "ColorMode": 0, "NDArrayUniqueId": unique_id,
+            "NDArrayTimeStamp": seconds - EPICS_EPOCH_S + nanoseconds / 1e9,
+            "NDArrayEpicsTSSec": seconds - EPICS_EPOCH_S, "NDArrayEpicsTSnSec": nanoseconds,
+        })
         value["uniqueId"] = unique_id
-        value["timeStamp.secondsPastEpoch"] = int(time.time())
+        value["codec.name"] = ""
+        for field in ("timeStamp", "dataTimeStamp"):
+            value[f"{field}.secondsPastEpoch"] = seconds
+            value[f"{field}.nanoseconds"] = nanoseconds
         self._pvs[suffix].post(value)
 
     def close(self) -> None:
@@ -58,3 +80,6 @@ def pva_images(prefix: str, suffixes: Iterable[str]) -> PvaImages | None:
     except ImportError:
         log.info("p4p is not installed: no PV Access images (pip install pimega[pva])")
         return None
+
+
+PvaBase = make_group("PvaBase", *PVA_STACK)

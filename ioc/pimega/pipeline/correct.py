@@ -111,3 +111,150 @@ def apply_corrections(image: Any, corrections: Corrections, out: Any = None) -> 
     elif corrections.bad_pixel_mask is not None:
         out[corrections._bad_pixels] = 0
     return out
+
+
+# --- NDPluginProcess (Proc1:) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class FilterCoefficients:
+    """ADCore's recursive-filter coefficients: output ``OOffset + OScale·((OC1 + OC2/N)·F +
+    (OC3 + OC4/N)·I)``, filter ``FOffset + FScale·((FC1 + FC2/N)·F + (FC3 + FC4/N)·I)``,
+    reset ``ROffset + RC1·F + RC2·I`` (I the image, F the filter, N the frames filtered)."""
+
+    oc: tuple[float, float, float, float] = (1.0, -1.0, 0.0, 1.0)
+    fc: tuple[float, float, float, float] = (1.0, -1.0, 0.0, 1.0)
+    rc: tuple[float, float] = (0.0, 1.0)
+    o_offset: float = 0.0
+    o_scale: float = 1.0
+    f_offset: float = 0.0
+    f_scale: float = 1.0
+    r_offset: float = 0.0
+
+
+def filter_coefficients(filter_type: str, num_filter: int) -> FilterCoefficients:
+    """The coefficients ADCore's FilterType sequence records write for ``filter_type``."""
+    recip = 1.0 / max(num_filter, 1)
+    table = {
+        "RecursiveAve": ((1, -1, 0, 1), (1, -1, 0, 1), (0, 1)),
+        "Average": ((1, 0, recip, 0), (1, 0, recip, 0), (0, 0)),
+        "Sum": ((1, 0, 1, 0), (1, 0, 1, 0), (0, 0)),
+        "Difference": ((-1, 0, 1, 0), (0, 0, 1, 0), (0, 1)),
+        "RecursiveAveDiff": ((-1, 0, 1, 0), (1, -1, 0, 1), (0, 1)),
+        "CopyToFilter": ((0, 0, 1, 0), (0, 0, 1, 0), (0, 1)),
+    }
+    if filter_type not in table:
+        raise ConfigError(f"filter type {filter_type!r} is not one of {tuple(table)}")
+    oc, fc, rc = table[filter_type]
+    return FilterCoefficients(oc=tuple(map(float, oc)), fc=tuple(map(float, fc)),  # type: ignore[arg-type]
+                              rc=tuple(map(float, rc)))  # type: ignore[arg-type]
+
+
+class RecursiveFilter:
+    """ADCore's recursive filter state (float64, kept across frames and acquisitions until
+    reset): ``num_filtered`` frames went in since the last reset."""
+
+    def __init__(self) -> None:
+        self.state: np.ndarray | None = None
+        self.num_filtered = 0
+        self.reset_pending = False
+
+    def reset(self) -> None:
+        """Reset at the next frame (ADCore's ResetFilter)."""
+        self.reset_pending = True
+
+    def apply(self, data: np.ndarray, num_filter: int, auto_reset: bool,
+              c: FilterCoefficients) -> None:
+        """Filter ``data`` (float64) in place: it becomes the filter's output."""
+        num_filter = max(num_filter, 1)
+        if self.state is None or self.state.shape != data.shape:
+            self.state = np.zeros_like(data)
+            self.reset_pending = True
+        if self.reset_pending or (self.num_filtered >= num_filter and auto_reset):
+            self.state = c.r_offset + c.rc[0] * self.state + c.rc[1] * data
+            self.num_filtered = 0
+            self.reset_pending = False
+        if self.num_filtered < num_filter:
+            self.num_filtered += 1
+        n = self.num_filtered
+        out = c.o_offset + c.o_scale * ((c.oc[0] + c.oc[1] / n) * self.state
+                                        + (c.oc[2] + c.oc[3] / n) * data)
+        self.state = c.f_offset + c.f_scale * ((c.fc[0] + c.fc[1] / n) * self.state
+                                               + (c.fc[2] + c.fc[3] / n) * data)
+        data[...] = out
+
+
+@dataclass(frozen=True, eq=False)
+class ProcessSteps:
+    """NDPluginProcess, in its order: background subtraction, flat field
+    (``value · scale_flat / flat`` where the flat is not 0), offset and scale
+    (``(value + offset) · scale``), high then low clip, the recursive filter, bad pixels to 0,
+    and the conversion to ``output`` (None: the input's dtype, ADCore's "Automatic"),
+    clipped to its range. Each step is off when its value is None.
+    """
+
+    background: Any = None
+    flat: Any = None
+    scale_flat: float = 255.0
+    offset_scale: tuple[float, float] | None = None
+    high_clip: tuple[float, float] | None = None
+    low_clip: tuple[float, float] | None = None
+    filter: FilterCoefficients | None = None
+    num_filter: int = 1
+    auto_reset_filter: bool = False
+    bad_pixel_mask: Any = None
+    output: np.dtype | None = None
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return np.dtype(input_dtype if self.output is None else self.output)
+
+    def record(self) -> dict[str, Any]:
+        """What a file records of these steps: which were applied, and their references."""
+        applied: dict[str, Any] = {
+            "background_applied": self.background is not None,
+            "flatfield_applied": self.flat is not None,
+            "offset_scale_applied": self.offset_scale is not None,
+            "clip_applied": self.low_clip is not None or self.high_clip is not None,
+            "filter_applied": self.filter is not None,
+            "pixel_mask_applied": self.bad_pixel_mask is not None,
+        }
+        if self.background is not None:
+            applied["background"] = np.asarray(self.background)
+        if self.flat is not None:
+            applied["flatfield"] = np.asarray(self.flat)
+            applied["scale_flatfield"] = self.scale_flat
+        if self.offset_scale is not None:
+            applied["offset"], applied["scale"] = self.offset_scale
+        if self.bad_pixel_mask is not None:
+            applied["pixel_mask"] = np.asarray(self.bad_pixel_mask, dtype=np.int32)
+        return applied
+
+
+def apply_process(image: np.ndarray, steps: ProcessSteps, out: np.ndarray,
+                  recursive: RecursiveFilter) -> None:
+    """Run NDPluginProcess's steps on ``image`` into ``out`` (its dtype is the output's)."""
+    data = image.astype(np.float64)
+    if steps.background is not None:
+        data -= steps.background
+    if steps.flat is not None:
+        flat = np.asarray(steps.flat, dtype=np.float64)
+        np.multiply(data, steps.scale_flat / np.where(flat != 0, flat, 1.0), out=data,
+                    where=flat != 0)
+    if steps.offset_scale is not None:
+        offset, scale = steps.offset_scale
+        data += offset
+        data *= scale
+    if steps.high_clip is not None:
+        threshold, value = steps.high_clip
+        data[data > threshold] = value
+    if steps.low_clip is not None:
+        threshold, value = steps.low_clip
+        data[data < threshold] = value
+    if steps.filter is not None:
+        recursive.apply(data, steps.num_filter, steps.auto_reset_filter, steps.filter)
+    if steps.bad_pixel_mask is not None:
+        data[steps.bad_pixel_mask] = 0
+    if out.dtype.kind in "ui":
+        limits = np.iinfo(out.dtype)
+        np.clip(data, limits.min, limits.max, out=data)
+        np.rint(data, out=data)
+    out[...] = data

@@ -1,10 +1,22 @@
 """The engine of one node and what its users see of it: settings, status, events, node control."""
 
+from pimega.pipeline.correct import (
+    FilterCoefficients,
+    ProcessSteps,
+    filter_coefficients,
+)
 from pimega.pipeline.stats import Stats
 
 from .node import AcquisitionEnded, CaptureEnded, Event, NodeControl
 from .recon import MAX_SLICES, ReconSettings, ReconStatus
-from .settings import AcquireSettings, CaptureSettings
+from .settings import (
+    AcquireSettings,
+    CaptureSettings,
+    CompressionOptions,
+    FileNaming,
+    MxGeometry,
+    check_compression,
+)
 from .stages import NODE_STAGES, RoiSettings
 from .status import CaptureStatus, DetectorState, StageStatus, Status
 
@@ -16,13 +28,20 @@ __all__ = [
     "CaptureEnded",
     "CaptureSettings",
     "CaptureStatus",
+    "CompressionOptions",
     "DetectorState",
     "Event",
+    "FileNaming",
+    "FilterCoefficients",
+    "MxGeometry",
     "NodeControl",
+    "ProcessSteps",
     "ReconSettings",
     "ReconStatus",
     "RoiSettings",
     "StageStatus",
     "Stats",
     "Status",
+    "check_compression",
+    "filter_coefficients",
 ]

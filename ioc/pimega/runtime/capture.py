@@ -2,8 +2,10 @@
 
 Captures start and stop independently of acquisitions, as areaDetector's NDFile: a capture
 opened before Acquire takes every processed frame until ``num_capture`` frames are written or
-it is stopped. Open, close and flush run on the writer's own thread in order with its frames
-(:meth:`ConsumerRunner.call`), so a close always follows the frames routed before it.
+it is stopped. A capture ``per_frame`` (NDFile's Single mode with AutoSave) writes each frame
+into a file of its own, numbered on from its naming. Open, close and flush run on the
+writer's own thread in order with its frames (:meth:`ConsumerRunner.call`), so a close always
+follows the frames routed before it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from pimega.core.errors import ConfigError, WriterError
 from pimega.core.frame import Frame, FrameInfo
+from pimega.core.naming import full_file_name, next_free_number
 from pimega.writer.hdf5 import NexusMetadata, NexusWriter
 
 from .consumers import ConsumerRunner
@@ -41,6 +44,8 @@ class _Capture:
         self.writer: NexusWriter | None = None
         self.status = CaptureStatus(active=True, filename=settings.filename)
         self.done = threading.Event()
+        naming = settings.per_frame
+        self.next_number = naming.first_number if naming is not None else 0
 
     def wants_frame(self) -> bool:
         n = self.settings.num_capture
@@ -78,7 +83,7 @@ class FileWriter:
         self._captures += 1
         capture = _Capture(self._captures, settings, metadata, shape, dtype)
         self._capture = capture
-        if not settings.lazy_open:
+        if not (settings.lazy_open or settings.per_frame):
             self.runner.call(lambda: self._open(capture))
         return capture.number
 
@@ -111,6 +116,9 @@ class FileWriter:
         if capture is None or capture.done.is_set():
             self.failed += 1
             return
+        if capture.settings.per_frame is not None:
+            self._write_own_file(capture, frame)
+            return
         if capture.writer is None:  # lazy open: the file takes the first frame's type
             capture.shape, capture.dtype = frame.image.shape, frame.image.dtype
             if not self._open(capture):
@@ -119,23 +127,56 @@ class FileWriter:
         writer = capture.writer
         assert writer is not None
         info = frame.info
+        # the file's frame numbers keep increasing across the acquisitions it holds
         if not self._guard(capture, lambda: writer.write(
-                frame.image, info.frame_number, info.timestamp_ns, info.image_key,
-                info.angle_deg)):
+                frame.image, writer.frames_written, info.timestamp_ns, info.image_key,
+                info.angle_deg, unique_id=info.unique_id,
+                detector_frame_number=info.frame_number)):
             self.failed += 1
             return
         self.written += 1
-        capture.status = replace(capture.status, num_captured=writer.frames_written)
+        capture.status = replace(capture.status, num_captured=writer.frames_written,
+                                 last_unique_id=info.unique_id,
+                                 last_timestamp_ns=info.timestamp_ns)
         n = capture.settings.num_capture
         if n and writer.frames_written >= n:
             self._finish(capture)
+
+    def _write_own_file(self, capture: _Capture, frame: Frame) -> None:
+        """One frame, one file: the next free number of the capture's naming."""
+        naming = capture.settings.per_frame
+        assert naming is not None
+        number = next_free_number(naming.path, naming.name, naming.template,
+                                  capture.next_number)
+        filename = full_file_name(naming.path, naming.name, naming.template, number)
+        info = frame.info
+        s = capture.settings
+        writer = NexusWriter(filename, frame.image.shape, frame.image.dtype, capture.metadata,
+                             compression=s.compression, compression_options=s.compression_options)
+
+        def write() -> None:
+            with writer:
+                writer.write(frame.image, 0, info.timestamp_ns, info.image_key, info.angle_deg,
+                             unique_id=info.unique_id, detector_frame_number=info.frame_number)
+
+        if not self._guard(capture, write):
+            self.failed += 1
+            return
+        self.written += 1
+        capture.next_number = number + 1
+        capture.status = replace(capture.status, filename=filename,
+                                 num_captured=capture.status.num_captured + 1,
+                                 last_unique_id=info.unique_id,
+                                 last_timestamp_ns=info.timestamp_ns,
+                                 next_file_number=capture.next_number)
 
     def _open(self, capture: _Capture) -> bool:
         if capture.done.is_set():
             return False
         s = capture.settings
         writer = NexusWriter(s.filename, capture.shape, capture.dtype, capture.metadata,
-                             compression=s.compression, swmr=s.swmr)
+                             compression=s.compression, swmr=s.swmr,
+                             compression_options=s.compression_options)
         capture.writer = writer
         return self._guard(capture, writer.open)
 
@@ -159,7 +200,7 @@ class FileWriter:
         if capture.done.is_set():
             return
         writer, capture.writer = capture.writer, None
-        n = writer.frames_written if writer is not None else 0
+        n = writer.frames_written if writer is not None else capture.status.num_captured
         if writer is not None:
             try:
                 writer.close()

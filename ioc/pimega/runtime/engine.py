@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pimega.core.bitpack import dtype_for_depth
 from pimega.core.errors import ConfigError
 from pimega.core.frame import Frame, FrameInfo
 from pimega.core.geometry import ArrayLayout
@@ -33,7 +34,7 @@ from pimega.ingest.framing import FrameExpectation, IngestSink
 from pimega.ingest.ring import FrameRing
 from pimega.ingest.source import FrameSource
 from pimega.pipeline.backend import Backend, CpuBackend, FrameProcessor
-from pimega.pipeline.correct import output_dtype
+from pimega.pipeline.correct import Corrections, RecursiveFilter, output_dtype
 from pimega.pipeline.stats import Stats, preview_factor
 from pimega.writer.hdf5 import NexusMetadata
 
@@ -44,6 +45,7 @@ from .matcher import FrameMatcher
 from .meters import RateMeter, StageTimer
 from .node import AcquisitionEnded, Event, Listener
 from .pool import ImagePool
+from .process import ProcessingProcessor, References
 from .recon import LiveRecon, ReconSettings, ReconStatus
 from .settings import AcquireSettings, CaptureSettings
 from .stages import PreviewStage, RoiSettings, Stage, StatsStage
@@ -56,21 +58,46 @@ JOIN_S = 5.0
 
 
 class _StageSlot:
-    """A stage with its timer and the time it last ran (rate-limited stages)."""
+    """A stage with its timer, the time it last ran (rate-limited stages) and, since the node
+    opened, the frames it processed and those its rate limit skipped (plugin counters)."""
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
         self.timer = StageTimer()
         self.last_run = 0.0
+        self.total = 0
+        self.skipped = 0
 
     def run(self, frame: Frame, now: float, last_frame: bool) -> None:
         interval = self.stage.interval_s()
         if interval is not None and not last_frame and now - self.last_run < interval:
+            self.skipped += 1
             return
         t0 = time.perf_counter()
         self.stage.process(frame)
         self.timer.add(time.perf_counter() - t0)
         self.last_run = now
+        self.total += 1
+
+
+class _FrameTimes:
+    """Time (ns since the Unix epoch) of the last ``size`` frames by unique id: written by
+    the pipeline thread, read lock-free by the IOC (a stale slot reads as unknown)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._ids = np.full(size, -1, np.int64)
+        self._times = np.zeros(size, np.int64)
+
+    def add(self, unique_id: int, timestamp_ns: int) -> None:
+        slot = unique_id % len(self._ids)
+        self._ids[slot] = -1
+        self._times[slot] = timestamp_ns
+        self._ids[slot] = unique_id
+
+    def get(self, unique_id: int) -> int | None:
+        slot = unique_id % len(self._ids)
+        timestamp = int(self._times[slot])
+        return timestamp if self._ids[slot] == unique_id else None
 
 
 class Acquisition:
@@ -128,6 +155,9 @@ class Acquisition:
         self._acquisitions = 0
         self._processed = 0
         self._unique_id = 0
+        self._frame_times = _FrameTimes()
+        self._references = References()
+        self._recursive = RecursiveFilter()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -233,7 +263,10 @@ class Acquisition:
 
     @property
     def image_dtype(self) -> np.dtype:
-        return output_dtype(self.settings.bit_depth, self.settings.corrections)
+        settings = self.settings
+        if settings.process is not None:
+            return settings.process.output_dtype(dtype_for_depth(settings.bit_depth))
+        return output_dtype(settings.bit_depth, settings.corrections)
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -251,8 +284,7 @@ class Acquisition:
             shape, dtype = self.image_shape, self.image_dtype
             if self._pool is None or not self._pool.fits(shape, dtype):
                 self._pool = ImagePool(self._image_buffers, shape, dtype, self.backend.host_empty)
-            processor = self.backend.processor(self.layout, settings.bit_depth,
-                                               settings.corrections)
+            processor = self._processor(settings)
             for ring, counters in zip(self._rings, self._counters, strict=True):
                 ring.reset()
                 counters.reset_acquisition()
@@ -278,6 +310,30 @@ class Acquisition:
                 self.stop()
         return number
 
+    def _processor(self, settings: AcquireSettings) -> FrameProcessor:
+        """The backend's processor; without the engine's own corrections, wrapped to offer
+        raw frames to the references and run Proc1's steps."""
+        if settings.corrections.shape is not None:
+            return self.backend.processor(self.layout, settings.bit_depth, settings.corrections)
+        inner = self.backend.processor(self.layout, settings.bit_depth, Corrections())
+        return ProcessingProcessor(inner, settings.process, self.image_shape,
+                                   dtype_for_depth(settings.bit_depth), self._references,
+                                   self._recursive)
+
+    # -- NDPluginProcess (Proc1:) -------------------------------------------------------------
+
+    def save_reference(self, kind: str) -> None:
+        """Keep the next raw frame as the ``background`` or ``flat`` reference."""
+        self._references.request(kind)
+
+    def references(self) -> dict[str, np.ndarray]:
+        """The saved reference frames (float64, the image's shape) by kind."""
+        return self._references.saved()
+
+    def reset_filter(self) -> None:
+        """Restart Proc1's recursive filter at the next frame."""
+        self._recursive.reset()
+
     def stop(self) -> None:
         """Abort the acquisition; frames already processed stay processed (and written)."""
         if self.acquiring:
@@ -293,7 +349,8 @@ class Acquisition:
 
     def start_capture(self, settings: CaptureSettings) -> int:
         """Open (or, with lazy_open, prepare) a file; processed frames go to it from now on."""
-        return self.writer.start(settings, self._metadata(), self.image_shape, self.image_dtype)
+        return self.writer.start(settings, self._metadata(settings), self.image_shape,
+                                 self.image_dtype)
 
     def stop_capture(self) -> None:
         """Close the file after the frames already handed to the writer."""
@@ -332,6 +389,10 @@ class Acquisition:
     def latest_stats(self) -> tuple[int, Stats] | None:
         return self._stats.latest
 
+    def frame_timestamp_ns(self, unique_id: int) -> int | None:
+        """The time (ns since the Unix epoch) of a recent frame, None once forgotten."""
+        return self._frame_times.get(unique_id)
+
     def status(self) -> Status:
         counters = [c.snapshot() | {"ring_used": r.used, "ring_size": r.n_slots}
                     for c, r in zip(self._counters, self._rings, strict=True)]
@@ -352,7 +413,8 @@ class Acquisition:
             StageStatus("decode", running, self._decode.frames, 1e3 * self._decode.mean_s,
                         pool.used if pool else 0, self._image_buffers, self._matcher.unmatched),
             *(StageStatus(s.stage.name, running, s.timer.frames, 1e3 * s.timer.mean_s, 0, 0,
-                          s.timer.dropped) for s in self._stages),
+                          s.timer.dropped, total=s.total, skipped=s.skipped)
+              for s in self._stages),
             *(StageStatus(c.name, self.writer.capturing if c is self.writer.runner else running,
                           c.timer.frames, 1e3 * c.timer.mean_s, c.queue_depth, c.queue_size,
                           c.timer.dropped, error=self._opened and not c.alive)
@@ -368,6 +430,7 @@ class Acquisition:
             corrupt_frames=corrupt, frame_rate_hz=fps, throughput_gbps=bps * 8 / 1e9,
             unique_id=self._unique_id, modules=counters, stages=stages, capture=writer.status,
             buffer_used=ring_used, buffer_size=ring_size, acquisition=self._acquisitions,
+            num_filtered=self._recursive.num_filtered,
         )
 
     # -- the pipeline thread ----------------------------------------------------------------
@@ -394,6 +457,7 @@ class Acquisition:
                 info = FrameInfo(self._unique_id, header.frame_number, header.timestamp_ns,
                                  int(header.image_key), header.angle_deg, number,
                                  header.has_tomo)
+                self._frame_times.add(info.unique_id, info.timestamp_ns)
                 frame = Frame(info, pool.images[index])
                 last = bool(settings.n_images) and self._processed + 1 == settings.n_images
                 now = time.monotonic()
@@ -416,8 +480,9 @@ class Acquisition:
                     DetectorState.ABORTED if aborted else DetectorState.IDLE,
                     f"{'Aborted' if aborted else 'Done'}: {self._processed} frames",
                 )
-            self._emit(AcquisitionEnded(number, self._state, self._message, self._processed))
-            self._idle.set()
+            ended = AcquisitionEnded(number, self._state, self._message, self._processed)
+            self._idle.set()  # first: a start made when the event arrives must find it idle
+            self._emit(ended)
 
     def _image_slot(self, pool: ImagePool) -> int | None:
         while not self._abort.is_set():
@@ -426,12 +491,15 @@ class Acquisition:
                 return index
         return None
 
-    def _metadata(self) -> NexusMetadata:
-        s = self.settings
+    def _metadata(self, capture: CaptureSettings) -> NexusMetadata:
+        s, layout = self.settings, self.layout
         return NexusMetadata(
             bit_depth=s.bit_depth, count_time_s=s.acquire_time_s, frame_time_s=s.acquire_period_s,
-            n_modules=self.layout.n_modules, module_shape=self.layout.module.shape,
-            layout=f"{self.layout.modules_x}x{self.layout.modules_y} modules",
+            n_modules=layout.n_modules, module_shape=layout.module.shape,
+            layout=f"{layout.modules_x}x{layout.modules_y} modules",
+            module_origins=tuple(layout.module_origin(m) for m in range(layout.n_modules)),
+            definition=capture.definition, mx=capture.mx,
+            processing=s.process.record() if s.process is not None else {},
         )
 
     def _set_state(self, state: DetectorState, message: str) -> None:

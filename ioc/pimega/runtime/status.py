@@ -18,7 +18,8 @@ class DetectorState(StrEnum):
 @dataclass(frozen=True)
 class StageStatus:
     """One pipeline stage: frames through it, mean time a frame, queue fill, frames lost, and
-    whether it failed (its thread or source is gone)."""
+    whether it failed (its thread or source is gone); a rate-limited stage also counts, since
+    the node opened, the frames it processed (``total``) and those it skipped (``skipped``)."""
 
     name: str
     running: bool
@@ -28,14 +29,23 @@ class StageStatus:
     queue_size: int
     dropped: int
     error: bool = False
+    total: int = 0
+    skipped: int = 0
 
 
 @dataclass(frozen=True)
 class CaptureStatus:
+    """The capture's file (the last one, one file per frame), frames written, why it failed;
+    unique id and time (ns since the Unix epoch) of the last frame written; with one file per
+    frame, the number the next file takes."""
+
     active: bool = False
     filename: str = ""
     num_captured: int = 0
     error: str = ""
+    last_unique_id: int = 0
+    last_timestamp_ns: int = 0
+    next_file_number: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,3 +68,4 @@ class Status:
     buffer_used: int = 0
     buffer_size: int = 0
     acquisition: int = 0
+    num_filtered: int = 0  # frames in Proc1's recursive filter since its reset

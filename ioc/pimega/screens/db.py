@@ -31,9 +31,14 @@ NOT_RESTORED = frozenset({
     "ArrayCounter", "NDimensions", "Dimensions",  # moved by the server
     "DroppedArrays", "DroppedOutputArrays", "DisorderedArrays",  # counters (a write resets)
     "ShutterControl",  # would open or close the shutter
+    "SaveBackground", "SaveFlatField", "ResetFilter",  # Proc1's actions on the next frame
+    "EnableBackground", "EnableFlatField",  # refused until a reference is saved again
+    "HighClip", "LowClip",  # legacy names of HighClipThresh, LowClipThresh (restored)
 })
-#: Per group prefix: setpoints that group refuses (the module geometry fixes the cam's region).
-REFUSED = {"cam1:": frozenset({"BinX", "BinY", "MinX", "MinY", "SizeX", "SizeY"})}
+#: Per group prefix: setpoints that group refuses (the module geometry fixes the cam's region,
+#: the counter depth its data type).
+REFUSED = {"cam1:": frozenset({"BinX", "BinY", "MinX", "MinY", "SizeX", "SizeY", "DataType",
+                               "ColorMode"})}
 
 
 def pv_list(pvs: ServedPVs) -> str:

@@ -35,7 +35,7 @@ MARGIN = 8
 ENUM_RECORDS = frozenset({"bo", "mbbo"})
 TWO_STATE = frozenset({"bi", "busy"})
 SHOWN_SETPOINT_RECORDS = frozenset(
-    {"ao", "longout", "bo", "mbbo", "busy", "stringout", "waveform"})
+    {"ao", "longout", "bo", "mbbo", "busy", "sseq", "stringout", "waveform"})
 
 
 class ScreenError(ValueError):
@@ -98,6 +98,8 @@ def control(pv: str, served: ServedPV, box: Box, *, stoppable: bool = False) -> 
     (named by its active state) and, when ``stoppable``, one that writes 0 to stop it."""
     if served.record not in SHOWN_SETPOINT_RECORDS:
         raise ScreenError(f"{pv}: a {served.record} record is not shown as a control")
+    if served.record == "sseq":  # ADCore's action sequences: one button runs it
+        return [bob.write_button(pv, 1, "Run", box)]
     if served.record == "busy":
         active = served.enum_strings[1]
         if not stoppable:

@@ -1,8 +1,8 @@
 """The operator screens: which PVs each one shows, and how they link.
 
 Macros as in ADCore's screens: ``P`` is the IOC prefix (``PIMEGA:``), ``R`` the group's
-(``cam1:`` for the main and camera screens; ``image1:``, ``HDF1:``, ``Stats1:``, ``ROI1:``,
-``Pipe:`` for the others). The sections list what the back-end acts on or reports; ADCore
+(``cam1:`` for the main and camera screens; ``Proc1:``, ``image1:``, ``HDF1:``, ``Stats1:``,
+``ROI1:``, ``Pipe:`` for the others). The sections list what the back-end acts on or reports; ADCore
 records that it serves only for ADCore clients (shutter, gain, temperature, histogram,
 profiles, ...) are left out. The per-module table and the pipeline's stage table are built
 from the groups themselves, so a new module counter or stage shows up by itself.
@@ -57,6 +57,7 @@ def screens(n_modules: int) -> list[Screen]:
 
         return Links("Screens", [
             ("Camera + modules", "pimega_cam.bob", {"P": "$(P)", "R": "$(R)"}),
+            ("Corrections (Proc1)", "pimega_proc.bob", to("proc")),
             ("HDF5 file writer", "pimega_hdf5.bob", to("hdf")),
             ("Statistics", "pimega_stats.bob", to("stats")),
             ("Region of interest", "pimega_roi.bob", to("roi")),
@@ -102,13 +103,31 @@ def screens(n_modules: int) -> list[Screen]:
                            "FileNumber", "AutoIncrement", "FileTemplate", "FullFileName_RBV",
                            "FileWriteMode", "NumCapture", "NumCaptured_RBV", "Capture",
                            "LazyOpen", "WriteStatus", "WriteMessage")),
-             Form("HDF5", ("Compression", "FlushNow", "SWMRSupported_RBV", "SWMRActive_RBV"))],
-            [plugin],
+             Form("HDF5", ("Compression", "ZLevel", "BloscCompressor", "BloscLevel",
+                           "BloscShuffle", "NumDataBits", "DataBitsOffset", "SZipNumPixels",
+                           "FlushNow", "SWMRMode", "SWMRSupported_RBV", "SWMRActive_RBV"))],
+            [Form("NeXus", ("NexusDefinition", "SampleName", "DetDist", "BeamX", "BeamY",
+                            "Wavelength", "SensorMaterial", "SensorThickness", "SourceName")),
+             plugin],
+        ]),
+        Screen("pimega_proc.bob", "Corrections - $(P)$(R)", r["proc"], columns=[
+            [Form("Background", ("SaveBackground", "EnableBackground", "ValidBackground_RBV")),
+             Form("Flat field", ("SaveFlatField", "EnableFlatField", "ValidFlatField_RBV",
+                                 "ScaleFlatField")),
+             Form("Bad pixels", ("BadPixelFile", "EnableBadPixels", "ValidBadPixels_RBV")),
+             Form("Offset, scale, clipping", ("EnableOffsetScale", "Offset", "Scale",
+                                              "EnableLowClip", "LowClipThresh", "LowClipValue",
+                                              "EnableHighClip", "HighClipThresh",
+                                              "HighClipValue"))],
+            [Form("Recursive filter", ("EnableFilter", "FilterType", "NumFilter",
+                                       "NumFiltered_RBV", "ResetFilter", "AutoResetFilter")),
+             Form("Output", ("DataTypeOut", "DataType_RBV")),
+             plugin],
         ]),
         Screen("pimega_stats.bob", "Statistics - $(P)$(R)", r["stats"], columns=[
             [Form("Statistics", ("ComputeStatistics", "MinValue_RBV", "MaxValue_RBV",
                                  "MeanValue_RBV", "Sigma_RBV", "Total_RBV", "Net_RBV",
-                                 "MinX_RBV", "MinY_RBV", "MaxX_RBV", "MaxY_RBV")),
+                                 "MinX_RBV", "MinY_RBV", "MaxX_RBV", "MaxY_RBV", "Reset")),
              Form("Centroid", ("CentroidX_RBV", "CentroidY_RBV", "SigmaX_RBV", "SigmaY_RBV",
                                "SigmaXY_RBV"))],
             [plugin],

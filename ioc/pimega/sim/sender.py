@@ -349,7 +349,8 @@ class Simulator:
         self, module_id: int, n_frames: int, rate: float,
         depth: int, source: Callable[[int], _Frame | None],
     ) -> None:
-        """Send one module's frames, paced against absolute deadlines from the common start."""
+        """Send one module's frames, paced against absolute deadlines from the common start:
+        as a detector does, frame k leaves when its exposure ends, at start + (k+1)/rate."""
         sock = self._socks[module_id]
         try:
             if n_frames and self.config.pattern == "counter":
@@ -358,7 +359,7 @@ class Simulator:
             self._barrier.wait()
             for frame_number in range(n_frames):
                 if rate:
-                    deadline_ns = self._t0_ns + round(frame_number * 1e9 / rate)
+                    deadline_ns = self._t0_ns + round((frame_number + 1) * 1e9 / rate)
                     delay_s = (deadline_ns - time.monotonic_ns()) / 1e9
                     if delay_s > 0 and self._stop.wait(delay_s):
                         break
@@ -399,7 +400,7 @@ class Simulator:
             flags |= Flags.TOMO
         return FrameHeader(
             module_id=module_id, bit_depth=depth, frame_number=frame_number,
-            timestamp_ns=time.monotonic_ns(), chips_x=geometry.chips_x,
+            timestamp_ns=time.time_ns(), chips_x=geometry.chips_x,
             chips_y=geometry.chips_y, chip_size=geometry.chip_size,
             payload_size=frame.payload.size, flags=flags, crc32=frame.crc32,
             header_size=TOMO_SIZE if frame.image_key is not None else FIXED_SIZE,

@@ -1,10 +1,19 @@
-"""HDF5/NeXus (NXtomo) writer: one file per acquisition, frames appended as they come.
+"""HDF5/NeXus writer: one file per capture, frames appended as they come.
 
 The engine drives a ``NexusWriter`` from its writer thread: ``open()``, ``write()`` per frame,
-``close()``. Every frame is one chunk written with ``write_direct_chunk`` (raw bytes, or a
-bitshuffle-LZ4 chunk for HDF5 filter 32008 that any reader with hdf5plugin decodes). With SWMR on,
+``close()``. Every frame is one chunk: raw bytes or a bitshuffle-LZ4 chunk (HDF5 filter 32008)
+written with ``write_direct_chunk``, or a frame passed through one of the HDF5 filters of
+:mod:`pimega.writer.filters` (zlib, szip, LZ4, Blosc, N-bit); any reader with h5py and
+hdf5plugin decodes them all.
+
+The file follows a NeXus application definition that ``nxvalidate`` accepts: NXtomo (every
+frame has its ``image_key`` and the sample's ``rotation_angle``), or NXmx for diffraction
+(detector distance, beam centre, sensor, ``depends_on`` chains, one NXdetector_module per
+module, NXbeam and NXsource). Per frame it stores the detector's frame number, the node's
+unique id, a number that keeps increasing across the acquisitions of one capture, and the
+frame's time in ns since the Unix epoch. With SWMR on,
 a reader opening the file with ``swmr=True`` sees the frame count grow at every flush; the
-per-frame arrays (image_key, frame_number, timestamp) are appended at each flush, so between
+per-frame arrays (image_key, frame_number, timestamp, ...) are appended at each flush, so between
 flushes they may trail the data by a few frames. One thread drives a writer.
 
 A full disk never leaves a broken file. HDF5 needs space for its metadata to close a file, so
@@ -23,23 +32,37 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, NoReturn
+from typing import NoReturn, cast
 
 import h5py
-import hdf5plugin
 import numpy as np
 import numpy.typing as npt
 
 from pimega.core.errors import ConfigError, WriterError
-from pimega.writer.bitshuffle import BitshuffleLZ4Compressor, chunk_bound
+from pimega.writer.bitshuffle import BitshuffleLZ4Compressor
+from pimega.writer.bitshuffle import chunk_bound as bslz4_chunk_bound
+from pimega.writer.filters import (
+    Compression,
+    CompressionOptions,
+    check_compression,
+    chunk_bound,
+    create_nbit_dataset,
+    filter_arguments,
+)
+from pimega.writer.nexus import MxGeometry, write_mx_layout
 
-Compression = Literal["none", "bslz4"]
 Scalar = bool | int | float | str
 
 DATA_PATH = "/entry/data/data"
 DETECTOR_PATH = "/entry/instrument/detector"
+DEFINITIONS = ("NXtomo", "NXmx")
+#: Per-frame columns of the detector group: name, dtype, units.
+_DETECTOR_COLUMNS = (("image_key", np.int32, ""), ("frame_number", np.uint64, ""),
+                     ("detector_frame_number", np.uint64, ""), ("unique_id", np.uint64, ""),
+                     ("timestamp", np.uint64, "ns"))
 _METADATA_RESERVE_BYTES = 1 << 20
 _COLUMN_CHUNK = 4096
+_TIME_DTYPE = h5py.string_dtype("utf-8", 32)  # fixed length: rewritten in SWMR mode
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 _COMPRESSION_WORKERS = 2
 # (low, high) HDF5 format bounds: SWMR needs >= 1.10 structures; readers need HDF5 >= 1.10.
@@ -48,7 +71,12 @@ _LIBVER = ("v110", "latest")
 
 @dataclass(frozen=True)
 class NexusMetadata:
-    """What the file says about the detector and the acquisition (NXdetector fields)."""
+    """What the file says about the detector and the acquisition (NXdetector fields).
+
+    ``definition`` is the NeXus application definition (NXtomo, or NXmx with ``mx``);
+    ``processing`` lists the corrections applied to the frames (name → value or reference
+    frame), stored in ``/entry/process``.
+    """
 
     bit_depth: int
     count_time_s: float
@@ -56,12 +84,20 @@ class NexusMetadata:
     n_modules: int = 1
     module_shape: tuple[int, int] = (1536, 1536)
     layout: str = "1x1"
+    module_origins: tuple[tuple[int, int], ...] = ((0, 0),)
     pixel_size_m: float = 55e-6
     detector_description: str = "π-MEGA (Medipix3RX)"
     title: str = ""
+    sample_name: str = "sample"
+    definition: str = "NXtomo"
+    mx: MxGeometry = field(default_factory=MxGeometry)
     extra: Mapping[str, Scalar] = field(default_factory=dict)
+    processing: Mapping[str, Scalar | np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.definition not in DEFINITIONS:
+            raise ConfigError(f"NeXus definition {self.definition!r} is not one of "
+                              f"{DEFINITIONS}")
         for key, value in self.extra.items():
             if not isinstance(value, bool | int | float | str | np.generic):
                 raise ConfigError(f"extra metadata {key!r} must be a scalar, not "
@@ -127,9 +163,9 @@ class NexusWriter:
     def __init__(self, filename: str | os.PathLike[str], frame_shape: tuple[int, int],
                  dtype: npt.DTypeLike, metadata: NexusMetadata,
                  compression: Compression = "none", flush_interval_s: float = 0.5,
-                 swmr: bool = False, reserve_bytes: int | None = None) -> None:
-        if compression not in ("none", "bslz4"):
-            raise ConfigError(f"compression {compression!r} is not one of 'none', 'bslz4'")
+                 swmr: bool = False, reserve_bytes: int | None = None,
+                 compression_options: CompressionOptions | None = None) -> None:
+        check_compression(compression)
         self.filename = os.fspath(filename)
         self._frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self._dtype = np.dtype(dtype)
@@ -137,10 +173,12 @@ class NexusWriter:
             raise ConfigError(f"frame dtype {self._dtype} is not an integer or float type")
         self._metadata = metadata
         self._compression = compression
+        self._options = compression_options or CompressionOptions()
         self._flush_interval_s = flush_interval_s
         self._swmr = swmr
         frame_nbytes = self._frame_shape[0] * self._frame_shape[1] * self._dtype.itemsize
-        self._chunk_bound = chunk_bound(frame_nbytes) if compression == "bslz4" else frame_nbytes
+        self._chunk_bound = (bslz4_chunk_bound(frame_nbytes) if compression == "bslz4"
+                             else chunk_bound(compression, frame_nbytes))
         self._reserve_bytes = _METADATA_RESERVE_BYTES if reserve_bytes is None else reserve_bytes
         if self._reserve_bytes <= 0:
             raise ConfigError(f"reserve_bytes must be positive, not {self._reserve_bytes}: "
@@ -186,11 +224,15 @@ class NexusWriter:
         self._last_flush = time.monotonic()
 
     def write(self, image: np.ndarray, frame_number: int, timestamp_ns: int,
-              image_key: int = 0, angle_deg: float = 0.0) -> None:
+              image_key: int = 0, angle_deg: float = 0.0, unique_id: int | None = None,
+              detector_frame_number: int | None = None) -> None:
         """Append one frame (stored when this returns; ``image`` may be reused at once).
 
-        ``image_key`` follows NXtomo: 0 projection, 1 flat, 2 dark, 3 invalid; ``angle_deg``
-        is the sample's rotation angle (NXtomo ``/entry/sample/rotation_angle``).
+        ``frame_number`` is the frame's number in the file's series, ``detector_frame_number``
+        the detector's (from 0 each acquisition; default ``frame_number``), ``unique_id`` the
+        node's (default the frame's index in the file), ``timestamp_ns`` its time since the
+        Unix epoch. ``image_key`` follows NXtomo: 0 projection, 1 flat, 2 dark, 3 invalid;
+        ``angle_deg`` is the sample's rotation angle (``/entry/sample/rotation_angle``).
         Raises WriterError on a frame of the wrong shape or dtype, and when the frame cannot be
         kept (disk full, I/O error); after the latter the file is closed, holding every earlier
         frame.
@@ -204,14 +246,21 @@ class NexusWriter:
                               f"{frame.dtype}, the file holds {self._frame_shape} {self._dtype}")
         try:
             self._space.check(self._file.id.get_filesize(), self._chunk_bound)
-            chunk = self._compressor.compress(frame) if self._compressor else frame
             self._data.id.set_extent((self._frames + 1, *self._frame_shape))
-            self._data.id.write_direct_chunk((self._frames, 0, 0), chunk)
+            if self._compression in ("none", "bslz4"):
+                chunk = self._compressor.compress(frame) if self._compressor else frame
+                self._data.id.write_direct_chunk((self._frames, 0, 0), chunk)
+            else:  # HDF5 runs the dataset's filter
+                self._data[self._frames] = frame
         except (OSError, RuntimeError) as error:
             self._fail(error)
+        values = {"image_key": image_key, "frame_number": frame_number,
+                  "detector_frame_number": (frame_number if detector_frame_number is None
+                                            else detector_frame_number),
+                  "unique_id": self._frames if unique_id is None else unique_id,
+                  "timestamp": timestamp_ns, "rotation_angle": angle_deg}
         self._frames += 1
-        for name, value in (("image_key", image_key), ("frame_number", frame_number),
-                            ("timestamp", timestamp_ns), ("rotation_angle", angle_deg)):
+        for name, value in values.items():
             self._columns[name].pending.append(value)
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
             self.flush()
@@ -237,14 +286,17 @@ class NexusWriter:
 
     def _create_layout(self, file: h5py.File) -> None:
         meta = self._metadata
+        file.attrs["default"] = "entry"  # silx and NeXus readers find the NXdata from here
         entry = _group(file, "entry", "NXentry")
         entry.attrs["default"] = "data"
-        # Always NXtomo: every frame carries its image_key; plain series are all projections (0).
-        entry["definition"] = "NXtomo"
-        entry["start_time"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+        entry["definition"] = meta.definition
+        entry["start_time"] = _now()
+        for name in ("end_time", "end_time_estimated"):  # rewritten at close
+            entry.create_dataset(name, data=_now(), dtype=_TIME_DTYPE)
         if meta.title:
             entry["title"] = meta.title
-        detector = _group(_group(entry, "instrument", "NXinstrument"), "detector", "NXdetector")
+        instrument = _group(entry, "instrument", "NXinstrument")
+        detector = _group(instrument, "detector", "NXdetector")
         _quantity(detector, "x_pixel_size", meta.pixel_size_m, "m")
         _quantity(detector, "y_pixel_size", meta.pixel_size_m, "m")
         _quantity(detector, "count_time", meta.count_time_s, "s")
@@ -259,25 +311,38 @@ class NexusWriter:
             specific[key] = value
         data_group = _group(entry, "data", "NXdata")
         data_group.attrs["signal"] = "data"
-        self._data = data = data_group.create_dataset(
-            "data", shape=(0, *self._frame_shape), maxshape=(None, *self._frame_shape),
-            chunks=(1, *self._frame_shape), dtype=self._dtype,
-            **(hdf5plugin.Bitshuffle(cname="lz4") if self._compression == "bslz4" else {}))
+        self._data = data = self._create_frame_dataset(detector)
         data.attrs["interpretation"] = "image"
-        detector["data"] = data
-        for name, dtype in (("image_key", np.int32), ("frame_number", np.uint64),
-                            ("timestamp", np.uint64)):
-            dataset = detector.create_dataset(name, shape=(0,), maxshape=(None,),
-                                              chunks=(_COLUMN_CHUNK,), dtype=dtype)
-            self._columns[name] = _Column(dataset)
-        self._columns["timestamp"].dataset.attrs["units"] = "ns"
+        for name, dtype, units in _DETECTOR_COLUMNS:
+            self._columns[name] = _Column(_column(detector, name, dtype, units))
         sample = _group(entry, "sample", "NXsample")
-        angle = sample.create_dataset("rotation_angle", shape=(0,), maxshape=(None,),
-                                      chunks=(_COLUMN_CHUNK,), dtype=np.float64)
-        angle.attrs["units"] = "degree"
+        sample["name"] = meta.sample_name
+        angle = _column(sample, "rotation_angle", np.float64, "degree")
         self._columns["rotation_angle"] = _Column(angle)
-        data_group["image_key"] = self._columns["image_key"].dataset
-        data_group["rotation_angle"] = angle
+        _link(data_group, "data", data)
+        if meta.definition == "NXmx":
+            write_mx_layout(entry, instrument, detector, meta.mx, meta.module_shape,
+                            meta.module_origins, meta.pixel_size_m, meta.bit_depth)
+        else:
+            _link(data_group, "image_key", self._columns["image_key"].dataset)
+            _link(data_group, "rotation_angle", angle)
+        if meta.processing:
+            process = _group(entry, "process", "NXprocess")
+            process["program"] = "pimega"
+            process["sequence_index"] = np.int32(1)
+            for name, value in meta.processing.items():
+                process[name] = value
+
+    def _create_frame_dataset(self, detector: h5py.Group) -> h5py.Dataset:
+        shape = self._frame_shape
+        if self._compression == "nbit":
+            options = self._options
+            return create_nbit_dataset(detector, "data", shape, self._dtype,
+                                       options.nbit_bits or self._metadata.bit_depth,
+                                       options.nbit_offset)
+        return detector.create_dataset(
+            "data", shape=(0, *shape), maxshape=(None, *shape), chunks=(1, *shape),
+            dtype=self._dtype, **filter_arguments(self._compression, self._options))
 
     def _fail(self, error: BaseException) -> NoReturn:
         """Close what can be closed; raise WriterError saying why and how many frames are kept."""
@@ -312,6 +377,9 @@ class NexusWriter:
         if data is not None and data.shape[0] != self._frames:
             data.id.set_extent((self._frames, *self._frame_shape))
         del data, columns
+        end_time = _now()
+        for name in ("end_time", "end_time_estimated"):
+            cast(h5py.Dataset, file[f"entry/{name}"])[()] = end_time
         file.close()
 
     def _stop_compressor(self) -> None:
@@ -329,3 +397,22 @@ def _group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
 def _quantity(group: h5py.Group, name: str, value: float, units: str) -> None:
     group[name] = np.float64(value)
     group[name].attrs["units"] = units
+
+
+def _column(group: h5py.Group, name: str, dtype: type, units: str) -> h5py.Dataset:
+    """An empty per-frame dataset that grows at each flush."""
+    dataset = group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(_COLUMN_CHUNK,),
+                                   dtype=dtype)
+    if units:
+        dataset.attrs["units"] = units
+    return dataset
+
+
+def _link(group: h5py.Group, name: str, dataset: h5py.Dataset) -> None:
+    """A NeXus link: ``group/name`` is ``dataset``, whose ``@target`` names the original."""
+    dataset.attrs["target"] = dataset.name
+    group[name] = dataset
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
