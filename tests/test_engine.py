@@ -108,6 +108,17 @@ def test_replay_paces_frames_at_the_chosen_rate(tmp_path):
     assert elapsed >= 9 / 50  # ten frames 20 ms apart cannot arrive sooner
 
 
+def wait_for_stage(engine: Acquisition, name: str, frames: int):
+    """The node's status once stage ``name`` has taken ``frames`` frames (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        status = engine.status()
+        stage = next(s for s in status.stages if s.name == name)
+        if stage.frames >= frames or time.monotonic() > deadline:
+            return status
+        time.sleep(0.01)
+
+
 class FrameCounter:
     """A consumer added from outside the engine: records every FrameInfo it is given."""
 
@@ -136,10 +147,7 @@ def test_an_added_consumer_sees_every_frame_with_its_info():
             engine.configure(bit_depth=24, n_images=n)
             engine.start()
             assert engine.wait(timeout=60)
-        deadline = time.monotonic() + 10
-        while len(counter.infos) < 12 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        status = engine.status()
+        status = wait_for_stage(engine, "count", 12)
     assert [i.unique_id for i in counter.infos] == list(range(1, 13))
     assert [i.frame_number for i in counter.infos] == [*range(7), *range(5)]
     expected = [int(counter_array_image(layout, i, 24).sum()) for i in (*range(7), *range(5))]

@@ -193,10 +193,11 @@ def test_main_screen_has_the_operator_essentials():
                      "data_height": "$(P)image1:ArraySize1_RBV"}
 
 
-def test_reconstruction_screen_is_a_placeholder_without_pvs():
+def test_reconstruction_screen_shows_the_settings_state_and_a_slice():
     root = parse("pimega_recon.bob")
-    assert not list(root.iter("pv_name"))
-    assert any("not serve" in (label.findtext("text") or "") for label in widgets(root))
+    names = {element.text for element in root.iter("pv_name")}
+    assert {"$(P)$(R)Enable", "$(P)$(R)State_RBV", "$(P)$(R)Slice1:Row",
+            "$(P)$(R)Slice1:ArrayData"} <= names
 
 
 def test_module_table_has_a_row_per_module():

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +32,7 @@ from pimega.screens.db import AUTOSAVE_TOP, autosave_requests
 from pimega.sim.sender import SimConfig
 
 from .main import add_geometry_arguments, layout_from
-from .nodes import listening_node, replay_node, simulated_node
+from .nodes import RDMA_SIM_PORT, listening_node, rdma_node, replay_node, simulated_node
 
 log = logging.getLogger("pimega.ioc")
 
@@ -63,7 +64,12 @@ def parser() -> argparse.ArgumentParser:
     add_geometry_arguments(p)
     p.add_argument("--pattern", choices=["counter", "phantom"], default="counter",
                    help="simulator pattern (with --sim)")
-    p.add_argument("--transport", choices=["tcp", "rdma"], default="tcp")
+    p.add_argument("--module-id", type=int, default=0, metavar="N",
+                   help="with --sim: the array module this node stands for (0 top left, "
+                        "row-major); the simulator sends that module's counter pattern")
+    p.add_argument("--transport", choices=["tcp", "rdma"], default="tcp",
+                   help="rdma: receive over RDMA (pyverbs and an RDMA device; --listen then "
+                        "takes the address of the device's interface)")
     p.add_argument("--data-root", action="append", metavar="DIR", dest="data_roots",
                    help="directory HDF1:FilePath must lie in (repeatable; default: the user's "
                         "home and the temporary directory)")
@@ -101,10 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_pvs:
         print_pv_list(group_class, args.prefix)
         return 0
-    if args.transport == "rdma":
-        print("pimega-ioc: --transport rdma needs an RDMA device and pyverbs; none is "
-              "available here, use --transport tcp", file=sys.stderr)
-        return 2
     if served_elsewhere(args.prefix):
         print(f"pimega-ioc: another IOC already serves {args.prefix}Heartbeat_RBV on this "
               "network: choose another --prefix, or stop that IOC", file=sys.stderr)
@@ -176,12 +178,18 @@ def make_backend(name: str) -> Backend:
 
 
 def make_node(args: argparse.Namespace, layout: ArrayLayout, backend: Backend) -> Acquisition:
+    if args.transport == "rdma":
+        if args.replay:
+            raise ConfigError("--transport rdma goes with --listen HOST:PORT or --sim")
+        host, port = args.listen or (None, RDMA_SIM_PORT)
+        config = None if args.listen else SimConfig(layout=layout, pattern=args.pattern)
+        return rdma_node(layout, host, port, config, backend=backend)
     if args.listen:
         return listening_node(layout, *args.listen, backend=backend)
     if args.replay:
         return replay_node(layout, args.replay, args.replay_rate, backend=backend)
-    return simulated_node(layout, SimConfig(layout=layout, pattern=args.pattern),
-                          backend=backend)
+    return simulated_node(layout, SimConfig(layout=layout, pattern=args.pattern,
+                                            first_module=args.module_id), backend=backend)
 
 
 def autosave_for(ioc: PimegaIOC, args: argparse.Namespace, n_modules: int) -> Autosave:
@@ -196,7 +204,26 @@ async def serve(pvdb: dict[str, Any], policy: AccessPolicy | None, groups: Group
     """Serve Channel Access, with access security when a policy is given (the context must
     be made inside the running event loop)."""
     context = AccessContext(pvdb, policy, groups) if policy else Context(pvdb)
+    without_nagle(context)
     await context.run()
+
+
+def without_nagle(context: Context) -> None:
+    """Turn Nagle's algorithm off on the context's TCP connections. caproto makes its sockets
+    with protocol 0, so asyncio leaves it on, and the second of two answers sent back to back
+    (pipelined reads, a put-callback right after monitors) waits for the client's delayed ACK:
+    ~40 ms. Connections inherit TCP_NODELAY from the listening socket (Linux)."""
+    bind = context._bind_tcp_sockets_with_consistent_port_number
+
+    async def bind_without_nagle(make_socket: Any) -> Any:
+        async def make(interface: str, port: int) -> Any:
+            sock = await make_socket(interface, port)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+
+        return await bind(make)
+
+    context._bind_tcp_sockets_with_consistent_port_number = bind_without_nagle  # type: ignore[method-assign]
 
 
 def print_welcome(prefix: str, shape: tuple[int, int], source: str) -> None:

@@ -8,9 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from pimega import __version__
-from pimega.core.errors import ConfigError
+from pimega.core.errors import ConfigError, PimegaError
 from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry
+from pimega.ingest.rdma import PyverbsVerbs, RdmaLink
 from pimega.sim.patterns import COUNTER_PERIOD
+from pimega.sim.rdma_sender import RdmaSimulator
 from pimega.sim.sender import PATTERNS, PhantomParams, SimConfig, Simulator
 
 
@@ -64,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="receiver port, or one port per module separated by commas")
     net.add_argument("--connect-timeout", type=_not_negative, default=10.0,
                      help="seconds to wait for the receiver to listen (default %(default)s)")
+    net.add_argument("--transport", choices=["tcp", "rdma"], default="tcp",
+                     help="rdma: every module on one RDMA connection to HOST:PORT (the "
+                          "receiver's RDMA interface; needs pyverbs and an RDMA device)")
     det = parser.add_argument_group("detector")
     det.add_argument("--modules", type=_positive, default=1,
                      help="modules: 1, 4 (2×2), or N in one row (default %(default)s)")
+    det.add_argument("--module-id", type=int, default=0, metavar="N",
+                     help="the array module the (first) simulated module stands for: its "
+                     "counter pattern is that module's (default %(default)s)")
     det.add_argument("--chips", type=_chips, default=(6, 6), metavar="XxY",
                      help="chips across x down per module (default 6x6)")
     det.add_argument("--chip-size", type=_positive, default=256,
@@ -106,7 +114,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
         layout=ArrayLayout.square(args.modules, module), bit_depth=args.depth,
         n_frames=args.frames, frame_rate_hz=args.rate, pattern=args.pattern,
-        with_crc=args.crc, period=args.period, phantom=phantom,
+        with_crc=args.crc, period=args.period, phantom=phantom, first_module=args.module_id,
     )
 
 
@@ -123,6 +131,36 @@ def summary(sim: Simulator) -> str:
     )
 
 
+def _send_rdma(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The simulator as an RDMA sender: every module on one connection to HOST:PORT."""
+    if len(args.port) != 1:
+        parser.error("--transport rdma carries every module on one connection: give one port")
+    try:
+        config = _config(args)
+        verbs = PyverbsVerbs()
+        sim = RdmaSimulator(lambda modules: RdmaLink.connect(
+            verbs, args.host, args.port[0], modules, timeout=args.connect_timeout), config)
+        sim.connect()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    except PimegaError as exc:
+        print(f"pimega-sim: error: {exc}", file=sys.stderr)
+        return 1
+    sim.acquire()
+    interrupted = False
+    try:
+        while not sim.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        interrupted = True
+    sim.close()
+    print(f"pimega-sim: {sim.frames_sent} frames x {config.layout.n_modules} modules over RDMA, "
+          f"{sim.bytes_sent} bytes in {sim.elapsed_s:.3f} s, {sim.overruns} overruns")
+    if sim.error:
+        print(f"pimega-sim: {sim.error}", file=sys.stderr)
+    return 130 if interrupted else 1 if sim.error else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -130,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.transport == "rdma":
+        return _send_rdma(args, parser)
     try:
         sim = Simulator(args.host, args.port if len(args.port) > 1 else args.port[0],
                         _config(args))

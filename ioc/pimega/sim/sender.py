@@ -55,7 +55,12 @@ class PhantomParams:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """What the simulated detector sends; ``frame_rate_hz`` 0 sends as fast as possible."""
+    """What the simulated detector sends; ``frame_rate_hz`` 0 sends as fast as possible.
+
+    ``first_module`` is the array module the first simulated module stands for: module ``m``
+    sends the counter pattern of array module ``first_module + m`` (a node of one module in
+    a larger array), its wire header still numbering it ``m`` for the receiving node.
+    """
 
     layout: ArrayLayout = field(default_factory=ArrayLayout)
     bit_depth: int = 12
@@ -65,6 +70,7 @@ class SimConfig:
     with_crc: bool = False
     period: int = COUNTER_PERIOD
     phantom: PhantomParams = field(default_factory=PhantomParams)
+    first_module: int = 0
 
     def __post_init__(self) -> None:
         check_bit_depth(self.bit_depth)
@@ -73,6 +79,10 @@ class SimConfig:
             raise ConfigError(f"pattern {self.pattern!r} is not one of {PATTERNS}")
         if self.period < 1:
             raise ConfigError(f"counter period must be at least 1, got {self.period}")
+        if self.first_module < 0:
+            raise ConfigError(f"first module must be ≥ 0, got {self.first_module}")
+        if self.first_module and self.pattern != "counter":
+            raise ConfigError("a first module other than 0 needs the counter pattern")
 
 
 def _check_run(n_frames: int, frame_rate_hz: float) -> None:
@@ -278,7 +288,8 @@ class Simulator:
         def frame(frame_number: int) -> _Frame:
             position = frame_number % period
             while len(cycle) <= position:
-                image = counter_image(module_id, len(cycle), geometry, depth, period)
+                image = counter_image(self.config.first_module + module_id, len(cycle),
+                                      geometry, depth, period)
                 cycle.append(self._packed(pack_module(image, geometry, depth)))
             return cycle[position]
 
