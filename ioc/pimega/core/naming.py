@@ -63,7 +63,7 @@ def normalise_path(path: str) -> str:
 def check_within(path: str, roots: Sequence[str]) -> None:
     """Raise ConfigError unless ``path``, resolved (``..`` and symbolic links followed), lies
     in one of ``roots`` (no roots: anywhere)."""
-    if not roots:
+    if not roots or not path:  # an empty path is refused for what it is, elsewhere
         return
     real = os.path.realpath(path)
     for root in roots:
