@@ -17,13 +17,19 @@ from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.pipeline.stats import bin_for_preview
 from pimega.sim.patterns import counter_array_image
 
+from .conftest import start_ioc, stop_ioc
+
 LAYOUT = ArrayLayout(ModuleGeometry(2, 2, 16))
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ioc(small_ioc):
-    return small_ioc
+def ioc(tmp_path_factory):
+    """This module's own IOC: a prefix no other module's clients have cached channels for."""
+    ioc = start_ioc("PMIOC:", tmp_path_factory.mktemp("ioc") / "ioc.log", "--sim", "--chips",
+                    "2x2", "--chip-size", "16")
+    yield ioc
+    stop_ioc(ioc)
 
 
 #: The settings every test starts from, whatever the test before it left.
@@ -483,3 +489,24 @@ def test_min_callback_time_back_from_long_to_short_takes_effect_at_once(pv):
     pv("cam1:Acquire").put(1)
     wait_for(pv, "image1:ArrayCounter_RBV", lambda v: v >= shown_before + 3, timeout=3)
     put(pv, "cam1:Acquire", 0)
+
+
+def test_capture_stops_during_an_acquisition_drop_nothing(pv, tmp_path):
+    """Each Capture 0 used to add ~3 to Pipe:Write:Dropped_RBV with no frame missing."""
+    put(pv, "cam1:ImageMode", "Continuous")
+    put(pv, "cam1:AcquirePeriod", 0.005)
+    pv("cam1:Acquire").put(1)
+    wait_for(pv, "cam1:Acquire_RBV", lambda v: v == 1)
+    files = []
+    for k in range(3):
+        files.append(capture_and_acquire(pv, tmp_path, f"rot{k}", "Continuous", 1))
+        wait_for(pv, "HDF1:NumCaptured_RBV", lambda v: v >= 5)
+        stop_capture(pv)
+    put(pv, "cam1:Acquire", 0)
+    wait_for(pv, "cam1:Acquire_RBV", lambda v: v == 0)
+    assert pv("Pipe:Write:Dropped_RBV").get() == 0
+    assert pv("cam1:DroppedFrames_RBV").get() == 0
+    for name in files:
+        with h5py.File(name, "r") as f:
+            numbers = f["/entry/instrument/detector/detector_frame_number"][()]
+        assert len(numbers) >= 5 and (np.diff(numbers) == 1).all()  # the detector's: no gap

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -204,26 +203,7 @@ async def serve(pvdb: dict[str, Any], policy: AccessPolicy | None, groups: Group
     """Serve Channel Access, with access security when a policy is given (the context must
     be made inside the running event loop)."""
     context = AccessContext(pvdb, policy, groups) if policy else Context(pvdb)
-    without_nagle(context)
     await context.run()
-
-
-def without_nagle(context: Context) -> None:
-    """Turn Nagle's algorithm off on the context's TCP connections. caproto makes its sockets
-    with protocol 0, so asyncio leaves it on, and the second of two answers sent back to back
-    (pipelined reads, a put-callback right after monitors) waits for the client's delayed ACK:
-    ~40 ms. Connections inherit TCP_NODELAY from the listening socket (Linux)."""
-    bind = context._bind_tcp_sockets_with_consistent_port_number
-
-    async def bind_without_nagle(make_socket: Any) -> Any:
-        async def make(interface: str, port: int) -> Any:
-            sock = await make_socket(interface, port)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-
-        return await bind(make)
-
-    context._bind_tcp_sockets_with_consistent_port_number = bind_without_nagle  # type: ignore[method-assign]
 
 
 def print_welcome(prefix: str, shape: tuple[int, int], source: str) -> None:

@@ -135,12 +135,11 @@ class FileWriter:
             self.failed += 1
             return
         self.written += 1
-        # with SWMR a live reader (and a crash) sees what was flushed: report that much, and
-        # flush whenever the writer has caught up, so the count never waits for a next frame
+        # with SWMR, flush whenever the writer has caught up: a live reader, and a crash,
+        # then find every frame counted so far (a backlog is flushed every flush interval)
         if capture.settings.swmr and self.runner.queue_depth == 0:
             self._guard(capture, writer.flush)
-        captured = writer.frames_flushed if capture.settings.swmr else writer.frames_written
-        capture.status = replace(capture.status, num_captured=captured,
+        capture.status = replace(capture.status, num_captured=writer.frames_written,
                                  last_unique_id=info.unique_id,
                                  last_timestamp_ns=info.timestamp_ns)
         n = capture.settings.num_capture

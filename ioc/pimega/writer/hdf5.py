@@ -188,7 +188,6 @@ class NexusWriter:
         self._columns: dict[str, _Column] = {}
         self._compressor: BitshuffleLZ4Compressor | None = None
         self._frames = 0
-        self._flushed = 0
         self._opened = False
         self._last_flush = 0.0
         self._space = _SpaceGuard(self.filename, self._reserve_bytes)
@@ -197,12 +196,6 @@ class NexusWriter:
     def frames_written(self) -> int:
         """Frames stored in the file so far."""
         return self._frames
-
-    @property
-    def frames_flushed(self) -> int:
-        """Frames a reader (SWMR) sees, and that survive a crash of this process: those
-        written before the last flush."""
-        return self._flushed
 
     def __enter__(self) -> "NexusWriter":
         self.open()
@@ -282,7 +275,6 @@ class NexusWriter:
         except (OSError, RuntimeError) as error:
             self._fail(error)
         self._last_flush = time.monotonic()
-        self._flushed = self._frames
 
     def close(self) -> None:
         """Flush, cut the datasets to the frames written and close the file (idempotent)."""
