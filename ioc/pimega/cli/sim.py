@@ -131,6 +131,17 @@ def summary(sim: Simulator) -> str:
     )
 
 
+def wait_for_run(sim: Simulator | RdmaSimulator) -> bool:
+    """Wait until the run ends; True when Ctrl-C cut it short (it is stopped then)."""
+    try:
+        while not sim.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        sim.stop()
+        return True
+    return False
+
+
 def _send_rdma(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The simulator as an RDMA sender: every module on one connection to HOST:PORT."""
     if len(args.port) != 1:
@@ -147,12 +158,7 @@ def _send_rdma(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         print(f"pimega-sim: error: {exc}", file=sys.stderr)
         return 1
     sim.acquire()
-    interrupted = False
-    try:
-        while not sim.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        interrupted = True
+    interrupted = wait_for_run(sim)
     sim.close()
     print(f"pimega-sim: {sim.frames_sent} frames x {config.layout.n_modules} modules over RDMA, "
           f"{sim.bytes_sent} bytes in {sim.elapsed_s:.3f} s, {sim.overruns} overruns")
@@ -182,13 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pimega-sim: error: {exc}", file=sys.stderr)
             return 1
         sim.acquire()
-        interrupted = False
-        try:
-            while not sim.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            interrupted = True
-            sim.stop()
+        interrupted = wait_for_run(sim)
         print(summary(sim))
     failures = [f"module {m}: {why}" for m, why in enumerate(sim.errors) if why]
     for failure in failures:

@@ -63,6 +63,7 @@ from pimega.runtime import (
     Status,
 )
 from pimega.runtime.node import Listener
+from pimega.runtime.settings import next_settings
 from pimega.writer.filters import BLOSC_COMPRESSORS, BLOSC_SHUFFLES
 from pimega.writer.hdf5 import DATA_PATH, NexusMetadata
 from pimega.writer.master import ModuleFile, write_master
@@ -208,18 +209,12 @@ class ArrayNode:
 
     def configure(self, **changes: Any) -> AcquireSettings:
         """Validate and keep a settings snapshot (fanned out at the next start)."""
-        new = replace(self.settings, **changes)
-        if self.acquiring and new.bit_depth != self.settings.bit_depth:
-            raise ConfigError("the counter depth cannot change while acquiring")
-        self.settings = new
-        return new
+        self.settings = next_settings(self.settings, self.acquiring, **changes)
+        return self.settings
 
     def set_roi(self, **changes: int) -> RoiSettings:
         """The array's ROI, split into each module's share at once and at every start."""
-        new = replace(self.roi, **changes)
-        if min(new.min_x, new.min_y, new.size_x, new.size_y) < 0 or min(new.bin_x, new.bin_y) < 1:
-            raise ConfigError(f"ROI needs min/size ≥ 0 and binning ≥ 1, got {new}")
-        self.roi = new
+        new = self.roi = replace(self.roi, **changes)  # RoiSettings refuses bad values
         self._submit(self._all(lambda link: link.apply(self._roi_settings(link))))
         return new
 

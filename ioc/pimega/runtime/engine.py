@@ -47,7 +47,7 @@ from .node import AcquisitionEnded, Event, Listener
 from .pool import ImagePool
 from .process import ProcessingProcessor, References
 from .recon import LiveRecon, ReconSettings, ReconStatus
-from .settings import AcquireSettings, CaptureSettings
+from .settings import AcquireSettings, CaptureSettings, next_settings
 from .stages import PreviewStage, RoiSettings, Stage, StatsStage
 from .status import DetectorState, StageStatus, Status
 
@@ -227,17 +227,11 @@ class Acquisition:
 
     def configure(self, **changes: Any) -> AcquireSettings:
         """Validate and apply a new settings snapshot; refuse depth changes while acquiring."""
-        new = replace(self.settings, **changes)
-        if self.acquiring and new.bit_depth != self.settings.bit_depth:
-            raise ConfigError("the counter depth cannot change while acquiring")
-        self.settings = new
-        return new
+        self.settings = next_settings(self.settings, self.acquiring, **changes)
+        return self.settings
 
     def set_roi(self, **changes: int) -> RoiSettings:
-        new = replace(self.roi, **changes)
-        if min(new.min_x, new.min_y, new.size_x, new.size_y) < 0 or min(new.bin_x, new.bin_y) < 1:
-            raise ConfigError(f"ROI needs min/size ≥ 0 and binning ≥ 1, got {new}")
-        self.roi = new
+        new = self.roi = replace(self.roi, **changes)  # RoiSettings refuses bad values
         return new
 
     def set_preview_binning(self, factor: int) -> None:

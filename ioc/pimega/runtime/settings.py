@@ -6,7 +6,8 @@ the IOC shows that text on its status PV and leaves the old value in place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pimega.core.errors import ConfigError
 from pimega.core.geometry import MAX_FRAME_RATE_HZ, check_bit_depth
@@ -99,3 +100,11 @@ class CaptureSettings:
         if self.definition not in DEFINITIONS:
             raise ConfigError(f"NeXus definition {self.definition!r} is not one of "
                               f"{DEFINITIONS}")
+
+
+def next_settings(current: AcquireSettings, acquiring: bool, **changes: Any) -> AcquireSettings:
+    """``current`` with ``changes``, validated; the depth cannot change while acquiring."""
+    new = replace(current, **changes)
+    if acquiring and new.bit_depth != current.bit_depth:
+        raise ConfigError("the counter depth cannot change while acquiring")
+    return new

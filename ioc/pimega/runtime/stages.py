@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pimega.core.errors import ConfigError
 from pimega.core.frame import Frame
 from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
 
@@ -42,6 +43,11 @@ class RoiSettings:
     size_y: int = 0
     bin_x: int = 1
     bin_y: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.min_x, self.min_y, self.size_x, self.size_y) < 0 or \
+                min(self.bin_x, self.bin_y) < 1:
+            raise ConfigError(f"ROI needs min/size ≥ 0 and binning ≥ 1, got {self}")
 
 
 class StatsStage:
