@@ -24,9 +24,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ioc(tmp_path_factory):
-    """This module's own IOC: a prefix no other module's clients have cached channels for."""
-    ioc = start_ioc("PMIOC:", tmp_path_factory.mktemp("ioc") / "ioc.log", "--sim", "--chips",
+def ioc(request, tmp_path_factory):
+    """An IOC for the module using this fixture, on a prefix of its own (``PMIOC:`` here):
+    CA clients in this process keep channels of earlier modules' IOCs, and a channel whose
+    server went away finds a new one only slowly."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    prefix = "PM" + name.replace("_", "").upper() + ":"
+    ioc = start_ioc(prefix, tmp_path_factory.mktemp("ioc") / "ioc.log", "--sim", "--chips",
                     "2x2", "--chip-size", "16")
     yield ioc
     stop_ioc(ioc)

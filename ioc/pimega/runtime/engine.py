@@ -164,6 +164,7 @@ class Acquisition:
     def open(self) -> Acquisition:
         """Compile the kernels, start the sources' loops and the consumers' threads."""
         self.backend.warm_up()
+        self.recon.warm_up()
         for runner in self._consumers:
             self._spawn(f"consumer-{runner.name}", runner.run)
         for source in self.sources:

@@ -63,6 +63,15 @@ class LiveRecon:
         self._dirty = False
         self._slices: tuple[int, tuple[int, ...], np.ndarray] | None = None
 
+    @staticmethod
+    def warm_up() -> None:
+        """Compile (or load) the back-projection kernels on a tiny scan, so the first
+        projection of a real one does not wait seconds for numba (and get skipped)."""
+        live = LiveReconstruction((2, 8), [0], centre=3.5)
+        frame = np.ones((2, 8), dtype=np.uint16)
+        for key in (ImageKey.DARK, ImageKey.FLAT, ImageKey.PROJECTION):
+            live.add(frame * (1 + int(key == ImageKey.FLAT)), key, 0.0)
+
     def configure(self, **changes: Any) -> ReconSettings:
         """Check and keep new settings (in force from the next acquisition)."""
         new = replace(self.settings, **changes)
