@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import epics
 import h5py
@@ -57,15 +58,17 @@ def test_recon_pvs_follow_a_scan_and_match_pimega_recon_of_its_file(phantom_ioc,
     assert epics.caput(p + "cam1:Acquire", 1, wait=True, timeout=60) == 1
     assert captured.wait(30), "the capture did not close"
 
-    done = threading.Event()
-    final = epics.PV(p + "Recon:ProjectionsUsed_RBV", auto_monitor=True,
-                     callback=lambda value, **_: value == 180 and done.set())
-    assert done.wait(10), f"projections used: {used[-3:]}"
-    final.disconnect()
+    # every projection is used or, when the consumer fell behind, counted as skipped
+    deadline = time.monotonic() + 10
+    while (epics.caget(p + "Recon:ProjectionsUsed_RBV")
+           + epics.caget(p + "Recon:Skipped_RBV")) != 180:
+        assert time.monotonic() < deadline, f"projections used: {used[-3:]}"
+        time.sleep(0.05)
     progress.disconnect()
-    assert 0 < min(u for u in used if u) < 180  # it grew during the scan, not at the end only
+    skipped = epics.caget(p + "Recon:Skipped_RBV")
+    assert skipped <= 3  # a loaded machine may skip a few; the frame path never waits
+    assert 0 < min(u for u in used if u) < 180 - skipped  # it grew during the scan
     assert epics.caget(p + "Recon:State_RBV", as_string=True) == "Reconstructing"
-    assert epics.caget(p + "Recon:Skipped_RBV") == 0
     assert epics.caget(p + "Recon:CentreInUse_RBV") == pytest.approx(CENTRE)
     published = threading.Event()
     slice_id = epics.PV(p + "Recon:Slice1:UniqueId_RBV", auto_monitor=True,
@@ -93,7 +96,10 @@ def test_recon_pvs_follow_a_scan_and_match_pimega_recon_of_its_file(phantom_ioc,
     with h5py.File(output, "r") as f:
         offline = f["/entry/data/data"][0]
     assert np.abs(offline).max() > 0.1  # a real slice, not zeros
-    np.testing.assert_allclose(live, offline, rtol=1e-4, atol=1e-5 * np.abs(offline).max())
+    if skipped == 0:  # the same projections: the same slice
+        np.testing.assert_allclose(live, offline, rtol=1e-4, atol=1e-5 * np.abs(offline).max())
+    else:  # a few of 180 missing: within a few per cent
+        assert np.linalg.norm(live - offline) < 0.05 * np.linalg.norm(offline)
     put(p, "Recon:Enable", "No")
 
 

@@ -143,7 +143,7 @@ class Acquisition:
         self._threads: list[threading.Thread] = []
         self._opened = False
         self.recon = LiveRecon(layout.shape)
-        self._recon_runner = self.add_consumer(self.recon, queue_size=2)
+        self._recon_runner = self.add_consumer(self.recon, queue_size=4)
         self._decode = StageTimer()
         self._rate = RateMeter()
         self._lock = threading.Lock()
