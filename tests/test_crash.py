@@ -56,9 +56,10 @@ def capture_then_kill(prefix: str, directory, swmr: str) -> tuple[str, int]:
 
 
 @pytest.fixture
-def ioc_to_kill(tmp_path):
-    ioc = start_ioc("PMKILL:", tmp_path / "ioc.log", *ARGS, "--autosave-dir",
-                    str(tmp_path / "state"))
+def ioc_to_kill(request, tmp_path):
+    # a prefix per IOC: this process's CA clients keep the channels of a killed one
+    ioc = start_ioc(f"PMKILL{len(request.node.name) % 97}:", tmp_path / "ioc.log", *ARGS,
+                    "--autosave-dir", str(tmp_path / "state"))
     yield ioc
     if ioc.process.poll() is None:
         stop_ioc(ioc)
@@ -89,7 +90,7 @@ def test_without_swmr_the_file_is_marked_and_the_next_start_does_not_overwrite_i
         assert "open" in str(exc).lower() or "h5clear" in str(exc)
     before = hashlib.sha256(Path(filename).read_bytes()).hexdigest()
 
-    again = start_ioc("PMKILL:", tmp_path / "ioc2.log", *ARGS, "--autosave-dir",
+    again = start_ioc("PMKILLAGAIN:", tmp_path / "ioc2.log", *ARGS, "--autosave-dir",
                       str(tmp_path / "state"))
     try:
         prefix = again.prefix
