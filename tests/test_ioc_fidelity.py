@@ -107,6 +107,9 @@ def test_data_type_is_the_counter_depths_and_refuses_any_other(pv, tmp_path):
     assert "fixed by the counter depth" in text(pv, "cam1:StatusMessage_RBV")
     pv("cam1:ColorMode").put("RGB1", wait=True, timeout=10)
     assert text(pv, "cam1:ColorMode_RBV") == "Mono"
+    pv("cam1:NDimensions").put(3, wait=True, timeout=10)
+    assert pv("cam1:NDimensions").get() == pv("cam1:NDimensions_RBV").get() == 2
+    assert "set by the arrays" in text(pv, "cam1:StatusMessage_RBV")
     filename = capture_and_acquire(pv, tmp_path, "dtype", "Single", 1)
     pv("cam1:Acquire").put(1, wait=True, timeout=30)
     stop_capture(pv)

@@ -70,16 +70,13 @@ def test_recon_pvs_follow_a_scan_and_match_pimega_recon_of_its_file(phantom_ioc,
     assert 0 < min(u for u in used if u) < 180 - skipped  # it grew during the scan
     assert epics.caget(p + "Recon:State_RBV", as_string=True) == "Reconstructing"
     assert epics.caget(p + "Recon:CentreInUse_RBV") == pytest.approx(CENTRE)
-    published = threading.Event()
-    slice_id = epics.PV(p + "Recon:Slice1:UniqueId_RBV", auto_monitor=True,
-                        callback=lambda **_: published.set())
-    assert published.wait(10)
-    uid = epics.caget(p + "Recon:UniqueId_RBV")
-    while epics.caget(p + "Recon:Slice1:UniqueId_RBV") != uid or uid == 0:
-        published.clear()
-        assert published.wait(5), "the last slice was never published"
-        uid = epics.caget(p + "Recon:UniqueId_RBV")
-    slice_id.disconnect()
+    # the slices are published before SliceProjections_RBV: once it counts every projection
+    # used, ArrayData holds the final slice
+    deadline = time.monotonic() + 10
+    while (in_slice := epics.caget(p + "Recon:SliceProjections_RBV")) != 180 - skipped:
+        assert time.monotonic() < deadline, f"the last slice was never published: {in_slice}"
+        time.sleep(0.05)
+    assert epics.caget(p + "Recon:Slice1:UniqueId_RBV") == epics.caget(p + "Recon:UniqueId_RBV")
     assert (epics.caget(p + "Recon:Slice1:ArraySize0_RBV"),
             epics.caget(p + "Recon:Slice1:ArraySize1_RBV")) == (WIDTH, WIDTH)
     live = epics.caget(p + "Recon:Slice1:ArrayData", count=WIDTH * WIDTH).reshape(WIDTH, WIDTH)

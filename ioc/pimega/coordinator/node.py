@@ -58,6 +58,7 @@ from pimega.runtime import (
     ReconSettings,
     ReconStatus,
     RoiSettings,
+    SliceUpdate,
     StageStatus,
     Stats,
     Status,
@@ -682,7 +683,7 @@ class ArrayNode:
     def recon_status(self) -> ReconStatus:
         return ReconStatus("Idle")
 
-    def latest_slices(self) -> tuple[int, tuple[int, ...], np.ndarray] | None:
+    def latest_slices(self) -> SliceUpdate | None:
         return None
 
 

@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pimega.core.errors import ConfigError
+
 from .catalog import DATA_TYPES
-from .factory import CatalogGroup
+from .factory import CatalogGroup, on_put
 
 if TYPE_CHECKING:
     from pimega.runtime import NodeControl
@@ -59,6 +61,11 @@ class NodeGroup(CatalogGroup):
     def node(self) -> NodeControl:
         return self.root.node
 
+    @on_put("NDimensions", "Dimensions")
+    async def _array_shape(self, name: str, value: Any) -> Any:
+        """The arrays' shape follows the module geometry; a put would make the readback lie."""
+        raise ConfigError(f"{name} is set by the arrays this port outputs")
+
     @property
     def completions(self) -> Completions:
         return self.root.completions
@@ -87,7 +94,7 @@ class NodeGroup(CatalogGroup):
             "ArraySizeX_RBV": width, "ArraySizeY_RBV": height, "ArraySizeZ_RBV": 0,
             "ArraySize0_RBV": width, "ArraySize1_RBV": height, "ArraySize2_RBV": 0,
             "ArraySize_RBV": width * height * np.dtype(dtype).itemsize,
-            "NDimensions_RBV": 2, "DataType": data_type_name(dtype), "ColorMode": "Mono",
+            "NDimensions": 2, "DataType": data_type_name(dtype), "ColorMode": "Mono",
             "ArraySize0": width, "ArraySize1": height,  # file plugins serve these too
-        }  # DataType and ColorMode: setpoint and readback say the same
+        }  # NDimensions, DataType and ColorMode: setpoint and readback say the same
         await self.post_many({k: v for k, v in values.items() if self.prefix + k in self.pvdb})

@@ -45,7 +45,8 @@ RECON_SPECS: tuple[PVSpec, ...] = (
     ai("CentreInUse_RBV", precision=2, units="px", doc="Rotation centre in use"),
     mbbo("Filter", FILTER_NAMES, "Ram-Lak", doc="Ramp filter window"),
     mbbi("State_RBV", RECON_STATES, doc="Idle, waiting for darks and flats, reconstructing"),
-    longin("ProjectionsUsed_RBV", doc="Projections in the slices"),
+    longin("ProjectionsUsed_RBV", doc="Projections reconstructed so far"),
+    longin("SliceProjections_RBV", doc="Projections in the published slices"),
     longin("Skipped_RBV", doc="Projections skipped (behind, or before darks and flats)"),
     ai("TimePerUpdate_RBV", precision=3, units="ms", doc="Time one projection takes"),
     text("LastError_RBV", 256, doc="Why the reconstruction stopped"),
@@ -145,18 +146,19 @@ class ReconGroup(NodeGroup, make_group("ReconBase", RECON_SPECS, ANGLE_SPECS)):
         if now - self._last_publish < SLICE_INTERVAL_S:
             return
         latest = await asyncio.get_running_loop().run_in_executor(None, self.node.latest_slices)
-        if latest is None or latest[0] == self._published:
+        if latest is None or latest.update == self._published:
             return
-        update, rows, images = latest
-        self._published, self._last_publish = update, now
-        for row, image in zip(rows, images, strict=True):
+        self._published, self._last_publish = latest.update, now
+        for row, image in zip(latest.rows, latest.images, strict=True):
             group = next((g for g in self.slices if g.pv("Row").value == row), None)
             if group is None:  # the row was changed since: its slice has no place now
                 continue
-            await group.publish(image, update)
+            await group.publish(image, latest.update)
             if pva is not None:
-                pva.post(slice_image_suffix(group.index), image, update)
-        await self.post("UniqueId_RBV", update)
+                pva.post(slice_image_suffix(group.index), image, latest.update)
+        # after the slices: a client that sees these sees those slices
+        await self.post_many({"SliceProjections_RBV": latest.projections,
+                              "UniqueId_RBV": latest.update})
 
 
 def slice_image_suffix(index: int) -> str:

@@ -8,7 +8,7 @@ from pimega.pipeline.correct import (
 from pimega.pipeline.stats import Stats
 
 from .node import AcquisitionEnded, CaptureEnded, Event, NodeControl
-from .recon import MAX_SLICES, ReconSettings, ReconStatus
+from .recon import MAX_SLICES, ReconSettings, ReconStatus, SliceUpdate
 from .settings import (
     AcquireSettings,
     CaptureSettings,
@@ -39,6 +39,7 @@ __all__ = [
     "ReconSettings",
     "ReconStatus",
     "RoiSettings",
+    "SliceUpdate",
     "StageStatus",
     "Stats",
     "Status",

@@ -46,7 +46,7 @@ from .meters import RateMeter, StageTimer
 from .node import AcquisitionEnded, Event, Listener
 from .pool import ImagePool
 from .process import ProcessingProcessor, References
-from .recon import LiveRecon, ReconSettings, ReconStatus
+from .recon import LiveRecon, ReconSettings, ReconStatus, SliceUpdate
 from .settings import AcquireSettings, CaptureSettings, next_settings
 from .stages import PreviewStage, RoiSettings, Stage, StatsStage
 from .status import DetectorState, StageStatus, Status
@@ -371,8 +371,7 @@ class Acquisition:
     def recon_status(self) -> ReconStatus:
         return self.recon.status(dropped=self._recon_runner.timer.dropped)
 
-    def latest_slices(self) -> tuple[int, tuple[int, ...], np.ndarray] | None:
-        """(update count, rows, slices (rows, W, W) float32) of the live reconstruction."""
+    def latest_slices(self) -> SliceUpdate | None:
         return self.recon.latest()
 
     # -- what the IOC reads -----------------------------------------------------------------

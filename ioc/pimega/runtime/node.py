@@ -18,7 +18,7 @@ import numpy as np
 from pimega.core.geometry import ArrayLayout
 from pimega.pipeline.stats import Stats
 
-from .recon import ReconSettings, ReconStatus
+from .recon import ReconSettings, ReconStatus, SliceUpdate
 from .settings import AcquireSettings, CaptureSettings
 from .stages import RoiSettings
 from .status import DetectorState, Status
@@ -124,4 +124,6 @@ class NodeControl(Protocol):
 
     def recon_status(self) -> ReconStatus: ...
 
-    def latest_slices(self) -> tuple[int, tuple[int, ...], np.ndarray] | None: ...
+    def latest_slices(self) -> SliceUpdate | None:
+        """The live reconstruction's slices as they stand now."""
+        ...

@@ -46,6 +46,16 @@ class ReconStatus:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class SliceUpdate:
+    """The live slices as they stood at one update."""
+
+    update: int  # counts updates from 1
+    rows: tuple[int, ...]
+    images: np.ndarray  # (rows, W, W) float32
+    projections: int  # projections the slices are made of
+
+
 class LiveRecon:
     """Consumer ``recon`` (see the module docstring)."""
 
@@ -61,7 +71,7 @@ class LiveRecon:
         self._projections = 0  # projections seen in this acquisition (for PV angles)
         self._error = ""
         self._dirty = False
-        self._slices: tuple[int, tuple[int, ...], np.ndarray] | None = None
+        self._slices: SliceUpdate | None = None
 
     @staticmethod
     def warm_up() -> None:
@@ -120,14 +130,14 @@ class LiveRecon:
         except PimegaError as exc:
             self._live, self._error = None, str(exc)
 
-    def latest(self) -> tuple[int, tuple[int, ...], np.ndarray] | None:
-        """(update count, the rows, their slices (rows, W, W) float32) as they stand now."""
+    def latest(self) -> SliceUpdate | None:
+        """The slices as they stand now (None before the first projection)."""
         with self._lock:
             live = self._live
             if self._dirty and live is not None:
-                count = self._slices[0] + 1 if self._slices else 1
+                count = self._slices.update + 1 if self._slices else 1
                 rows = tuple(int(row) for row in live.rows)
-                self._slices = (count, rows, live.slices())
+                self._slices = SliceUpdate(count, rows, live.slices(), live.projections_used)
                 self._dirty = False
             return self._slices
 
