@@ -7,10 +7,13 @@ acquisition: every step-scan trigger is one, a fly scan is one).
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
+import epics
 import h5py
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from bluesky.plans import count, scan
 from bluesky.run_engine import call_in_bluesky_event_loop
 from bluesky.utils import RunEngineInterrupted
 from ophyd_async.core import (
+    DetectorTrigger,
     StaticPathProvider,
     TriggerInfo,
     UUIDFilenameProvider,
@@ -201,3 +205,31 @@ def test_abort_or_stop_mid_fly_scan_leaves_the_ioc_idle_and_the_file_readable(
     np.testing.assert_array_equal(data, counter_frames(len(data)))
     # the next scan works
     assert len(recorded_frames(run(RE, count([det], num=2)))) == 2
+
+
+def test_edge_triggered_fly_scan_takes_one_frame_per_trigger(RE, det, small_ioc):
+    """External trigger (``TriggerSoftware`` pulses stand in for the beamline's edges)."""
+    prefix, n = small_ioc.prefix, 3
+    acquiring = epics.PV(prefix + "cam1:Acquire_RBV", auto_monitor=False)
+    pulse = epics.PV(prefix + "cam1:TriggerSoftware", auto_monitor=False)
+
+    def pulses() -> None:
+        deadline = time.monotonic() + 30
+        while acquiring.get() != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for _ in range(n):
+            time.sleep(0.1)
+            pulse.put("Trigger", wait=True)
+
+    pulser = threading.Thread(target=pulses, daemon=True)
+    pulser.start()
+    try:
+        docs = run(RE, fly(det, TriggerInfo(number_of_events=n, livetime=0.01,
+                                            trigger=DetectorTrigger.EXTERNAL_EDGE)))
+    finally:
+        pulser.join(30)
+        epics.caput(prefix + "cam1:TriggerMode", "Internal", wait=True)
+    np.testing.assert_array_equal(recorded_frames(docs), counter_frames(n))
+    assert epics.caget(prefix + "cam1:AcquireTime_RBV") == pytest.approx(0.01)
+    assert_ioc_idle(prefix)

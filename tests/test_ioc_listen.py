@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import epics
@@ -78,3 +79,25 @@ def test_idle_frames_are_dropped_and_acquire_takes_num_images(listening_ioc, tmp
         for i in range(8):
             np.testing.assert_array_equal(data[i], counter_array_image(LAYOUT, i, 12))
     assert pv(ioc, "cam1:M1:RxFrameCount_RBV").get() == 8
+
+
+def test_frames_come_as_the_sender_sends_them_in_any_trigger_mode(listening_ioc):
+    """The sender's own trigger input decides: Gated is taken, there is nothing to pulse."""
+    ioc, port = listening_ioc
+    pv(ioc, "cam1:TriggerMode").put("Gated", wait=True)
+    try:
+        assert pv(ioc, "cam1:TriggerMode_RBV").get(as_string=True) == "Gated"
+        pv(ioc, "cam1:ImageMode").put("Multiple", wait=True)
+        pv(ioc, "cam1:NumImages").put(4, wait=True)
+        done = threading.Event()
+        pv(ioc, "cam1:Acquire").put(1, use_complete=True, callback=lambda **_: done.set())
+        time.sleep(0.3)
+        with Simulator("127.0.0.1", port, SimConfig(layout=LAYOUT, n_frames=4)) as sim:
+            sim.acquire()
+            assert sim.wait(timeout=30)
+        assert done.wait(10)
+        assert pv(ioc, "cam1:NumImagesCounter_RBV").get() == 4
+        pv(ioc, "cam1:TriggerSoftware").put("Trigger", wait=True)
+        assert "External trigger mode" in pv(ioc, "cam1:StatusMessage_RBV").get(as_string=True)
+    finally:
+        pv(ioc, "cam1:TriggerMode").put("Internal", wait=True)

@@ -23,6 +23,7 @@ import numpy as np
 from ophyd_async.core import (
     DetectorTriggerLogic,
     PathProvider,
+    SignalDict,
     SignalR,
     SignalRW,
     StrictEnum,
@@ -71,6 +72,7 @@ class PimegaTriggerMode(SubsetEnum):
 
     INTERNAL = "Internal"
     EXTERNAL = "External"
+    GATED = "Gated"
 
 
 class PipelineState(StrictEnum):
@@ -124,7 +126,8 @@ class PimegaPipelineIO(EpicsDevice):
 
 @dataclass
 class PimegaTriggerLogic(DetectorTriggerLogic):
-    """Internally timed frames: ``num`` of them (0: until stopped), ``livetime`` each.
+    """Internally timed frames: ``num`` of them (0: until stopped), ``livetime`` each; or one
+    ``livetime`` exposure per trigger edge (External), or one frame per gate (Gated).
 
     Medipix3RX reads out while it counts, so frames follow each other with no dead time:
     the period is ``livetime + deadtime``, but never shorter than ``1 / MaxFrameRate_RBV``.
@@ -139,6 +142,19 @@ class PimegaTriggerLogic(DetectorTriggerLogic):
             deadtime = max(deadtime, min_period - livetime, 0.0)
             await self.driver.acquire_period.set(livetime + deadtime)
         await prepare_exposures(self.driver, num, livetime)
+
+    def get_deadtime(self, config_values: SignalDict) -> float:
+        """None between exposures: the chips count while they read out (triggers faster than
+        ``MaxFrameRate_RBV`` are the only limit)."""
+        return 0.0
+
+    async def prepare_edge(self, num: int, livetime: float) -> None:
+        await self.driver.trigger_mode.set(PimegaTriggerMode.EXTERNAL)
+        await prepare_exposures(self.driver, num, livetime)
+
+    async def prepare_level(self, num: int) -> None:
+        await self.driver.trigger_mode.set(PimegaTriggerMode.GATED)
+        await prepare_exposures(self.driver, num)
 
     async def default_trigger_info(self) -> TriggerInfo:
         return await trigger_info_from_num_images(self.driver)

@@ -42,7 +42,7 @@ RECEIVER = ("RxFrameCount_RBV", "LostFrameCount_RBV", "RxError_RBV", "IdleFrameC
 #: Setpoints the coordinator writes; each is checked back on its ``_RBV``.
 SETTINGS = (
     *(f"cam1:{name}" for name in ("ImageMode", "NumImages", "AcquireTime", "AcquirePeriod",
-                                  "CounterDepth")),
+                                  "CounterDepth", "TriggerMode")),
     *(f"image1:{name}" for name in ("PreviewBinning", "MinCallbackTime")),
     *(f"ROI1:{name}" for name in ("MinX", "MinY", "SizeX", "SizeY", "BinX", "BinY")),
     *(f"HDF1:{name}" for name in (
@@ -51,7 +51,7 @@ SETTINGS = (
         "BloscLevel", "BloscShuffle", "NumDataBits", "DataBitsOffset", "SZipNumPixels")),
 )
 #: Busy records and other PVs only written.
-ACTIONS = ("cam1:Acquire", "HDF1:Capture", "HDF1:FlushNow")
+ACTIONS = ("cam1:Acquire", "cam1:TriggerSoftware", "HDF1:Capture", "HDF1:FlushNow")
 MONITORED = (
     *(f"{name}_RBV" for name in SETTINGS),
     *(f"cam1:{name}" for name in (

@@ -62,6 +62,7 @@ from pimega.runtime import (
     StageStatus,
     Stats,
     Status,
+    TriggerMode,
 )
 from pimega.runtime.node import Listener
 from pimega.runtime.settings import next_settings
@@ -255,6 +256,7 @@ class ArrayNode:
         values: dict[str, Any] = {
             "cam1:AcquireTime": s.acquire_time_s, "cam1:AcquirePeriod": s.acquire_period_s,
             "cam1:CounterDepth": f"{s.bit_depth} bit{'s' * (s.bit_depth > 1)}",
+            "cam1:TriggerMode": str(s.trigger_mode),
             "cam1:ImageMode": "Multiple" if s.n_images else "Continuous",
             "image1:PreviewBinning": self.preview_factor,
             # the IOC makes previews twice as often as image1:MinCallbackTime shows them
@@ -319,6 +321,13 @@ class ArrayNode:
         if self.acquiring:
             self._stop_asked = True
         self._submit(self._all(lambda link: link.put("cam1:Acquire", 0)))
+
+    def trigger(self) -> None:
+        """One software trigger to every module (each refuses it outside External mode)."""
+        if not self.acquiring or self.settings.trigger_mode != TriggerMode.EXTERNAL:
+            raise ConfigError("a software trigger needs a running acquisition in External "
+                              "trigger mode")
+        self._submit(self._all(lambda link: link.put("cam1:TriggerSoftware", 1)))
 
     async def _acquire(self, number: int, settings: AcquireSettings) -> None:
         """Settings out, every module started, their ends awaited; the end event."""

@@ -11,7 +11,9 @@ Readbacks never say what the detector does not do: ``DataType`` is the counter d
 (UInt8, UInt16, UInt32) and refuses any other (Proc1:DataTypeOut converts frames),
 ``ColorMode`` is Mono. ``TimeRemaining_RBV`` counts down to the end of the acquisition (of
 the current frame in Continuous mode): frame k arrives at start + (k+1)·max(AcquireTime,
-AcquirePeriod), as from a detector.
+AcquirePeriod), as from a detector. ``TriggerMode`` External: one AcquireTime exposure per
+trigger (``TriggerSoftware`` pulses the simulator's input); Gated and External where the
+node has no detector control (``--listen``): frames come as the sender sends them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from caproto.server import SubGroup
 from pimega import __version__
 from pimega.core.bitpack import dtype_for_depth
 from pimega.core.errors import ConfigError, PimegaError
-from pimega.runtime import AcquisitionEnded, Status
+from pimega.runtime import AcquisitionEnded, Status, TriggerMode
 
 from .base import NodeGroup, data_type_name, frame_time_values
 from .catalog import CAM_STACK
@@ -70,6 +72,17 @@ class CamGroup(NodeGroup, CamBase):
         else:
             self.node.configure(**change)
         return value
+
+    @on_put("TriggerMode")
+    async def _trigger_mode(self, name: str, value: str) -> str:
+        self.node.configure(trigger_mode=TriggerMode(value))  # refused while acquiring
+        return value
+
+    @on_put("TriggerSoftware")
+    async def _trigger_software(self, name: str, value: str) -> str:
+        if value == "Trigger":
+            self.node.trigger()
+        return "Done"  # a pulse, not a state
 
     @on_put("NumImages")
     async def _num_images(self, name: str, value: int) -> int:
@@ -171,7 +184,12 @@ class CamGroup(NodeGroup, CamBase):
         if number is None:  # joined a running acquisition, which has ended now
             return SkipWrite
         await self.post("Acquire", 1)
-        await self.post_many({"DetectorState_RBV": "Acquire", "StatusMessage_RBV": "Acquiring"})
+        if self.node.settings.trigger_mode == TriggerMode.INTERNAL:
+            await self.post_many({"DetectorState_RBV": "Acquire",
+                                  "StatusMessage_RBV": "Acquiring"})
+        else:  # as ADCore drivers show an acquisition that frames come to from outside
+            await self.post_many({"DetectorState_RBV": "Waiting",
+                                  "StatusMessage_RBV": "Waiting for triggers"})
         ended: AcquisitionEnded = await self.busy.wait(number)
         self._started = None
         await hdf.end_auto_save()
@@ -212,10 +230,11 @@ class CamGroup(NodeGroup, CamBase):
 
 
     def _time_remaining(self) -> float:
-        """Seconds left in the acquisition (in the current frame when Continuous)."""
-        if self._started is None:
-            return 0.0
+        """Seconds left in the acquisition (in the current frame when Continuous); unknown,
+        so 0, when triggers set the pace."""
         settings = self.node.settings
+        if self._started is None or settings.trigger_mode != TriggerMode.INTERNAL:
+            return 0.0
         period = 1.0 / settings.frame_rate_hz
         elapsed = time.monotonic() - self._started
         if settings.n_images == 0:

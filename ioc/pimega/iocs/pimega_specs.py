@@ -10,8 +10,16 @@ from .catalog import PVSpec, ai, ao, bi, bo, longin, longout, mbbo, stringin, st
 COUNTER_DEPTHS = ("1 bit", "12 bits", "6 bits", "24 bits")
 DEPTH_OF_STATE: dict[str, int] = dict(zip(COUNTER_DEPTHS, (1, 12, 6, 24), strict=True))
 
+#: What starts each exposure (ADCore's two, and Gated as area detectors with a gate input).
+TRIGGER_MODES = ("Internal", "External", "Gated")
+
 PIMEGA_CAM: tuple[PVSpec, ...] = (
     mbbo("CounterDepth", COUNTER_DEPTHS, "12 bits", doc="Medipix counter depth"),
+    mbbo("TriggerMode", TRIGGER_MODES,
+         doc="Internal: every AcquirePeriod; External: one AcquireTime exposure a trigger; "
+             "Gated: while the gate input is high"),
+    bo("TriggerSoftware", ("Done", "Trigger"), readback=False,
+       doc="One trigger pulse (External mode, where the detector's input can be pulsed)"),
     ai("MaxFrameRate_RBV", precision=0, units="Hz",
        doc="Read-out limit of the counter depth: 2000 Hz up to 12 bit, 1000 Hz at 24 bit"),
     ai("FrameRate_RBV", precision=1, units="Hz", doc="Measured processed frames/s"),

@@ -7,6 +7,7 @@ from pimega.pipeline.correct import (
 )
 from pimega.pipeline.stats import Stats
 
+from .detector import TriggerMode
 from .node import AcquisitionEnded, CaptureEnded, Event, NodeControl
 from .recon import MAX_SLICES, ReconSettings, ReconStatus, SliceUpdate
 from .settings import (
@@ -43,6 +44,7 @@ __all__ = [
     "StageStatus",
     "Stats",
     "Status",
+    "TriggerMode",
     "check_compression",
     "filter_coefficients",
 ]

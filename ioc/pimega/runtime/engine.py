@@ -40,7 +40,7 @@ from pimega.writer.hdf5 import NexusMetadata
 
 from .capture import FileWriter
 from .consumers import Consumer, ConsumerRunner
-from .detector import DetectorControl
+from .detector import DetectorControl, TriggerInput, TriggerMode
 from .matcher import FrameMatcher
 from .meters import RateMeter, StageTimer
 from .node import AcquisitionEnded, Event, Listener
@@ -227,9 +227,32 @@ class Acquisition:
         return not self._idle.is_set()
 
     def configure(self, **changes: Any) -> AcquireSettings:
-        """Validate and apply a new settings snapshot; refuse depth changes while acquiring."""
-        self.settings = next_settings(self.settings, self.acquiring, **changes)
-        return self.settings
+        """Validate and apply a new settings snapshot; refuse depth changes while acquiring,
+        and a trigger mode the detector control cannot follow."""
+        new = next_settings(self.settings, self.acquiring, **changes)
+        self._check_trigger_mode(new.trigger_mode)
+        self.settings = new
+        return new
+
+    def _check_trigger_mode(self, mode: TriggerMode) -> None:
+        """Without a detector control the sender's own trigger input decides: any mode goes."""
+        if self.detector is None or mode == TriggerMode.INTERNAL:
+            return
+        if mode == TriggerMode.GATED or not isinstance(self.detector, TriggerInput):
+            raise ConfigError(f"{mode} trigger needs a detector with that input; this "
+                              f"node's detector control offers Internal"
+                              + (" and External (cam1:TriggerSoftware)"
+                                 if isinstance(self.detector, TriggerInput) else ""))
+
+    def trigger(self) -> None:
+        """One software trigger pulse (``cam1:TriggerSoftware``) in External mode."""
+        if not self.acquiring or self.settings.trigger_mode != TriggerMode.EXTERNAL:
+            raise ConfigError("a software trigger needs a running acquisition in External "
+                              "trigger mode")
+        if not isinstance(self.detector, TriggerInput):
+            raise ConfigError("this node has no trigger input to pulse: triggers reach the "
+                              "detector's own input")
+        self.detector.trigger()
 
     def set_roi(self, **changes: int) -> RoiSettings:
         new = self.roi = replace(self.roi, **changes)  # RoiSettings refuses bad values
@@ -298,8 +321,13 @@ class Acquisition:
                                                                self._pool))
         if self.detector is not None:
             try:
-                self.detector.start(settings.n_images, settings.frame_rate_hz,
-                                    settings.bit_depth)
+                if settings.trigger_mode == TriggerMode.INTERNAL:
+                    self.detector.start(settings.n_images, settings.frame_rate_hz,
+                                        settings.bit_depth)
+                else:  # _check_trigger_mode let only External on a trigger input through
+                    assert isinstance(self.detector, TriggerInput)
+                    self.detector.arm(settings.n_images, 1 / settings.frame_rate_hz,
+                                      settings.bit_depth)
             except Exception as exc:  # the detector refused: end this acquisition cleanly
                 self._fail(f"detector did not start: {exc}")
                 self.stop()

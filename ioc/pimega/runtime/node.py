@@ -88,6 +88,10 @@ class NodeControl(Protocol):
 
     def stop(self) -> None: ...
 
+    def trigger(self) -> None:
+        """One software trigger pulse (External trigger mode)."""
+        ...
+
     def start_capture(self, settings: CaptureSettings) -> int:
         """Open a file (or prepare it, lazy open); returns the capture's number."""
         ...

@@ -17,6 +17,8 @@ from pimega.writer.filters import Compression, CompressionOptions, check_compres
 from pimega.writer.hdf5 import DEFINITIONS
 from pimega.writer.nexus import MxGeometry
 
+from .detector import TriggerMode
+
 #: Longest exposure or period accepted (a day): beyond it a typo, not an experiment.
 MAX_TIME_S = 86400.0
 
@@ -34,9 +36,13 @@ class AcquireSettings:
     process: ProcessSteps | None = None
     preview_interval_s: float = 0.1
     stats_interval_s: float = 0.25
+    trigger_mode: TriggerMode = TriggerMode.INTERNAL
 
     def __post_init__(self) -> None:
         check_bit_depth(self.bit_depth)
+        if self.trigger_mode not in tuple(TriggerMode):
+            raise ConfigError(f"trigger mode must be one of {', '.join(TriggerMode)}, "
+                              f"got {self.trigger_mode!r}")
         if self.n_images < 0:
             raise ConfigError(
                 f"number of images must be ≥ 0 (0: until stopped), got {self.n_images}")
@@ -55,8 +61,10 @@ class AcquireSettings:
 
     @property
     def frame_rate_hz(self) -> float:
-        """As areaDetector: one frame every max(time, period), no faster than read-out allows."""
-        period = max(self.acquire_time_s, self.acquire_period_s)
+        """As areaDetector: one frame every max(time, period), no faster than read-out allows;
+        triggered, the triggers set the pace and the period is not used."""
+        internal = self.trigger_mode == TriggerMode.INTERNAL
+        period = max(self.acquire_time_s, self.acquire_period_s if internal else 0.0)
         return min(1.0 / period, self.max_frame_rate_hz)
 
 
@@ -107,4 +115,6 @@ def next_settings(current: AcquireSettings, acquiring: bool, **changes: Any) -> 
     new = replace(current, **changes)
     if acquiring and new.bit_depth != current.bit_depth:
         raise ConfigError("the counter depth cannot change while acquiring")
+    if acquiring and new.trigger_mode != current.trigger_mode:
+        raise ConfigError("the trigger mode cannot change while acquiring")
     return new

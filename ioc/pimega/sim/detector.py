@@ -22,6 +22,14 @@ class SimulatedDetector:
             bit_depth=bit_depth,
         )
 
+    def arm(self, n_frames: int, exposure_s: float, bit_depth: int) -> None:
+        """``runtime.TriggerInput``: one frame per :meth:`trigger`, ``exposure_s`` after it."""
+        self._sim.acquire(n_frames=n_frames or CONTINUOUS_FRAMES, frame_rate_hz=1 / exposure_s,
+                          bit_depth=bit_depth, triggered=True)
+
+    def trigger(self) -> None:
+        self._sim.trigger()
+
     def stop(self) -> None:
         self._sim.stop()
 

@@ -134,6 +134,7 @@ class Simulator:
         self._errors: list[str | None] = [None] * n_modules
         self._t0_ns = 0
         self._last_ns = [0] * n_modules
+        self._triggers: list[threading.Semaphore] | None = None  # per module, when triggered
 
     # -- connections ---------------------------------------------------------------------
 
@@ -192,10 +193,13 @@ class Simulator:
         n_frames: int | None = None,
         frame_rate_hz: float | None = None,
         bit_depth: int | None = None,
+        triggered: bool = False,
     ) -> None:
         """Start sending frames 0 … n_frames−1 on every module and return at once.
 
-        Arguments left out come from the config. Reconnects modules whose link was lost.
+        ``triggered``: each frame waits for a :meth:`trigger` and leaves one exposure
+        (``1/frame_rate_hz``) after it, or after the previous frame when triggers come
+        faster. Arguments left out come from the config. Reconnects modules whose link was lost.
         """
         if self.running:
             raise RuntimeError("an acquisition is already running; stop() or wait() first")
@@ -204,6 +208,8 @@ class Simulator:
         rate = cfg.frame_rate_hz if frame_rate_hz is None else frame_rate_hz
         depth = check_bit_depth(cfg.bit_depth if bit_depth is None else bit_depth)
         _check_run(n, rate)
+        if triggered and not rate:
+            raise ConfigError("a triggered acquisition needs an exposure (frame rate > 0)")
         self.connect()
         n_modules = cfg.layout.n_modules
         self._stop = threading.Event()
@@ -213,6 +219,7 @@ class Simulator:
         self._errors = [None] * n_modules
         self._last_ns = [0] * n_modules
         self._t0_ns = time.monotonic_ns()
+        self._triggers = [threading.Semaphore(0) for _ in range(n_modules)] if triggered else None
         self._threads = []
         sources = self._start_sources(n, depth)
         self._threads += [
@@ -234,6 +241,21 @@ class Simulator:
             thread.join(left)
         self._threads = [thread for thread in self._threads if thread.is_alive()]
         return not self._threads
+
+    def trigger(self) -> None:
+        """One trigger pulse to every module: each exposes one frame."""
+        if self._triggers is None or not self.running:
+            raise ConfigError("no triggered acquisition is running")
+        for pulses in self._triggers:
+            pulses.release()
+
+    def _await_trigger(self, module_id: int) -> bool:
+        """Wait for this module's next trigger; False when stopped first."""
+        assert self._triggers is not None
+        while not self._triggers[module_id].acquire(timeout=POLL_S):
+            if self._stop.is_set():
+                return False
+        return True
 
     def stop(self) -> None:
         """End the acquisition early: no new frame starts, blocked senders give up promptly."""
@@ -361,16 +383,23 @@ class Simulator:
         depth: int, source: Callable[[int], _Frame | None],
     ) -> None:
         """Send one module's frames, paced against absolute deadlines from the common start:
-        as a detector does, frame k leaves when its exposure ends, at start + (k+1)/rate."""
+        as a detector does, frame k leaves when its exposure ends, at start + (k+1)/rate
+        (triggered: one exposure after its trigger, see :meth:`acquire`)."""
         sock = self._socks[module_id]
+        deadline_ns = 0
         try:
             if n_frames and self.config.pattern == "counter":
                 for position in range(min(n_frames, self.config.period)):
                     source(position)  # pack the cycle before the clock starts
             self._barrier.wait()
             for frame_number in range(n_frames):
-                if rate:
+                if self._triggers is not None:
+                    if not self._await_trigger(module_id):
+                        break
+                    deadline_ns = max(time.monotonic_ns(), deadline_ns) + round(1e9 / rate)
+                elif rate:
                     deadline_ns = self._t0_ns + round((frame_number + 1) * 1e9 / rate)
+                if rate:
                     delay_s = (deadline_ns - time.monotonic_ns()) / 1e9
                     if delay_s > 0 and self._stop.wait(delay_s):
                         break
