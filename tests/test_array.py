@@ -301,6 +301,29 @@ def test_ophyd_count_records_one_array_frame_per_point(array, RE, tmp_path):
     assert totals == [float(expected.sum())] * 3
 
 
+def test_software_triggers_reach_every_module(array):
+    """External mode fans out; each TriggerSoftware pulse gives one array frame."""
+    client = array.client
+    for name, value in (("TriggerMode", "External"), ("AcquireTime", 0.01),
+                        ("ImageMode", "Multiple"), ("NumImages", 2)):
+        client.put(f"{PREFIX}cam1:{name}", value)
+    ended = threading.Event()
+    try:
+        client.put(f"{PREFIX}cam1:Acquire", 1, callback=lambda response: ended.set())
+        client.wait(f"{PREFIX}cam1:DetectorState_RBV", lambda state: state == "Waiting")
+        for prefix in NODES:
+            client.wait(f"{prefix}cam1:DetectorState_RBV", lambda state: state == "Waiting")
+        for n in (1, 2):
+            client.put(f"{PREFIX}cam1:TriggerSoftware", "Trigger")
+            client.wait(f"{PREFIX}cam1:NumImagesCounter_RBV", lambda count, n=n: count == n)
+        assert ended.wait(20)
+        for prefix in NODES:
+            assert client.get(f"{prefix}cam1:TriggerMode_RBV") == "External"
+            assert client.get(f"{prefix}cam1:NumImagesCounter_RBV") == 2
+    finally:
+        client.put(f"{PREFIX}cam1:TriggerMode", "Internal")
+
+
 def test_a_node_refusing_the_capture_is_named(array, tmp_path):
     client = array.client
     (tmp_path / "taken_m2.h5").write_bytes(b"")  # node 2 never replaces a file
