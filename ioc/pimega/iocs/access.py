@@ -49,6 +49,8 @@ from caproto.server.common import DisconnectedCircuit
 
 from pimega.core.errors import ConfigError
 
+from .factory import CheckedInteger
+
 log = logging.getLogger(__name__)
 
 DEFAULT = "DEFAULT"
@@ -519,6 +521,9 @@ class _Guard:
         return await self.inner_write(hostname, username, *args, **kwargs)
 
 
+NO_POLICY = "no access security file: every client may write"
+
+
 class AccessGroup(PVGroup):
     """``Reload`` (write 1: read the access security file again; a failed reload fails the
     put) and ``Status_RBV`` (the rules in force, or why the last reload failed). Set
@@ -527,6 +532,10 @@ class AccessGroup(PVGroup):
     policy: AccessPolicy | None = None
 
     async def _put_reload(self, instance: Any, value: int) -> int:
+        if value not in (0, 1):
+            reason = f"Reload {value} refused: write 1 to read the access security file again"
+            await self.status.write(f"{reason}; {self._in_force()}"[:255])
+            raise AcfError(reason)
         if value:
             if self.policy is None:
                 raise AcfError("no access security file to reload")
@@ -534,9 +543,12 @@ class AccessGroup(PVGroup):
                 raise AcfError(self.policy.status)
         return 0
 
+    def _in_force(self) -> str:
+        return NO_POLICY if self.policy is None else self.policy.status
+
     async def _start(self, instance: Any, async_lib: Any) -> None:
         if self.policy is None:
-            await self.status.write("no access security file: every client may write")
+            await self.status.write(NO_POLICY)
         else:
             self.policy.listeners.append(self._show)
             await self._show(self.policy)
@@ -546,6 +558,7 @@ class AccessGroup(PVGroup):
 
     # the ignores: caproto types a hook's self as PVGroup
     reload = pvproperty(value=0, name="Reload", record="longout",
+                        dtype=CheckedInteger,  # NaN or 1e12 refused, not cast to some LONG
                         put=_put_reload,  # pyright: ignore[reportArgumentType]
                         doc="Write 1: read the access security file again")
     status = pvproperty(value="", name="Status_RBV", dtype=PvpropertyCharRO, max_length=256,

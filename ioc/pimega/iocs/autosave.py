@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -30,7 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from caproto import ChannelData
+from caproto import (
+    ChannelByte,
+    ChannelChar,
+    ChannelData,
+    ChannelEnum,
+    ChannelFloat,
+    ChannelInteger,
+    ChannelNumeric,
+    ChannelShort,
+    ChannelString,
+)
 
 from pimega.core.errors import ConfigError
 
@@ -141,15 +152,16 @@ class Autosave:
         log.error("autosave: %s is %s: settings not restored, file %s", self.path, why, where)
 
     async def restore(self) -> int:
-        """Put the saved values, each through its PV's put path; a value the IOC refuses is
-        logged and skipped. The number restored."""
+        """Put the saved values, each through its PV's put path; a value the IOC refuses, or
+        that no Channel Access client could put (`restorable`), is logged and skipped. The
+        number restored."""
         saved = self.read() or {}
         restored = 0
         for name, channel in self.channels.items():
             if name not in saved:
                 continue
             try:
-                await channel.write(saved[name])
+                await channel.write(restorable(channel, saved[name]))
             except Exception as exc:  # whatever the put path refuses with
                 log.warning("autosave: %s = %r not restored: %s", name, saved[name], exc)
             else:
@@ -187,6 +199,69 @@ class Autosave:
         if self._error:
             log.info("autosave: saving to %s again", self.path)
         self._saved, self._error = values, ""
+
+
+#: Characters a DBR_STRING holds (EPICS's MAX_STRING_SIZE).
+MAX_STRING_SIZE = 40
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def restorable(channel: ChannelData, value: Any) -> Any:
+    """``value`` if a Channel Access client could put it on ``channel`` (of the PV's kind:
+    an enum state, text within its length, finite numbers within the type's range, a scalar
+    or an array within its length), else ValueError saying why. The put path checks a
+    client's DBR data before converting it; a settings file edited by hand, or damaged,
+    would bypass that and leave a PV holding what it cannot serve (a LONG of 1e12, a DOUBLE
+    of "abc": every read of it fails)."""
+    if isinstance(channel, ChannelEnum):
+        strings = list(channel.enum_strings)
+        if (value in strings if isinstance(value, str)
+                else _is_whole(value) and 0 <= value < len(strings)):
+            return value
+        raise ValueError(f"{value!r} is not one of {strings}")
+    if isinstance(channel, (ChannelString, ChannelChar)) and isinstance(channel.value, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+        limit = ((channel.long_string_max_length if isinstance(channel, ChannelChar) else None)
+                 or MAX_STRING_SIZE)
+        if len(value.encode(channel.string_encoding or "latin-1", "replace")) > limit:
+            raise ValueError(f"text of {len(value)} characters is longer than {limit}")
+        return value
+    if isinstance(channel, ChannelNumeric):
+        length = channel.max_length or 1
+        if isinstance(value, list) != (length > 1):
+            raise ValueError(f"{value!r} is not {'an array' if length > 1 else 'a number'}")
+        values = value if length > 1 else [value]
+        if len(values) > length:
+            raise ValueError(f"{len(values)} elements, more than {length}")
+        for number in values:
+            _check_number(channel, number)
+    return value
+
+
+#: The whole-number channel kinds and the range of each.
+_WHOLE_RANGES = ((ChannelByte, "CHAR", 0, 2**8 - 1), (ChannelShort, "SHORT", -(2**15), 2**15 - 1),
+                 (ChannelInteger, "LONG", -(2**31), 2**31 - 1))
+
+
+def _check_number(channel: ChannelNumeric, number: Any) -> None:
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ValueError(f"{number!r} is not a number")
+    if not math.isfinite(number):
+        raise ValueError(f"{number!r} is not a finite number")
+    if isinstance(channel, ChannelFloat) and abs(number) > _FLOAT32_MAX:
+        raise ValueError(f"{number!r} is outside the FLOAT range")
+    for kind, type_name, low, high in _WHOLE_RANGES:
+        if isinstance(channel, kind):
+            if not _is_whole(number):
+                raise ValueError(f"{number!r} is not a whole number")
+            if not low <= number <= high:
+                raise ValueError(f"{number!r} is outside the {type_name} range")
+
+
+def _is_whole(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and value == int(value))
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -15,6 +15,7 @@ FilterCallbacks "Array N only" (every frame goes on to the file).
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,11 @@ class ProcessGroup(PluginGroup, ProcessBase):
         super().__init__(*args, **kwargs)
         self._mask: np.ndarray | None = None
         self._references: dict[str, np.ndarray] = {}
+
+    async def refused(self, name: str, reason: str) -> None:
+        """NDPluginProcess has no message PV: the detector's StatusMessage_RBV says why."""
+        where = self.prefix.removeprefix(self.root.prefix)
+        await self.root.cam.post("StatusMessage_RBV", f"{where}{name} refused: {reason}")
 
     @on_put("ReadBackgroundTIFFSeq", "ReadFlatFieldTIFFSeq")
     async def _read_tiff(self, name: str, value: int) -> int:
@@ -124,21 +130,41 @@ class ProcessGroup(PluginGroup, ProcessBase):
         return value
 
     def _load_mask(self, path: str) -> np.ndarray:
-        """A bool mask of the image's shape from a NumPy ``.npy`` file in a data directory."""
-        check_within(os.path.dirname(os.path.abspath(path)) + "/", self.root.data_roots)
+        """A bool mask of the image's shape from a NumPy ``.npy`` file in a data directory
+        (the file itself, links followed: a link there to a file elsewhere is refused)."""
+        roots = self.root.data_roots
         try:
-            mask = np.load(path, allow_pickle=False)
+            check_within(os.path.abspath(path), roots)
+        except ConfigError:
+            raise ConfigError(f"{path!r} is outside the data directories ({', '.join(roots)})"
+                              ) from None
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read a mask from {path}: {exc}") from None
+        if not regular:  # a FIFO, a device: opening one could block the IOC
+            raise ConfigError(f"{path} is not a file")
+        try:
+            mask = np.load(path, mmap_mode="r", allow_pickle=False)  # the header first
+        except (OSError, ValueError, EOFError) as exc:
+            raise ConfigError(f"cannot read a mask from {path}: {exc}") from None
+        if not isinstance(mask, np.ndarray):  # an .npz archive
+            mask.close()
+            raise ConfigError(f"{path} holds several arrays, not one mask (.npy)")
         if mask.shape != tuple(self.node.image_shape):
             raise ConfigError(f"the mask in {path} is {mask.shape}, the image "
                               f"{tuple(self.node.image_shape)}")
-        return mask.astype(bool)
+        try:
+            return np.array(mask, dtype=bool)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the mask in {path} is not of numbers: {exc}") from None
 
     @on_put(*_SETTINGS)
     async def _setting(self, name: str, value: Any) -> Any:
         """Checked now (enabling a reference that is not there is refused), in force at
         once when idle."""
+        if name == "NumFilter" and value < 1:  # the filter would run with 1, not this
+            raise ConfigError(f"NumFilter must be ≥ 1, got {value}")
         await self.apply(self.steps(name, value))
         return value
 

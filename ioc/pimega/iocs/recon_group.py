@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from caproto.server import SubGroup
 
+from pimega.core.errors import ConfigError
 from pimega.runtime import MAX_SLICES
 
 from .base import NodeGroup
@@ -35,6 +36,11 @@ from .catalog import (
 from .factory import make_group, on_put
 
 SLICE_INTERVAL_S = 0.5
+#: Largest StartAngle magnitude (degrees): thousands of turns, far from where the angles of a
+#: scan (start + step · n) lose their precision or overflow.
+MAX_START_ANGLE_DEG = 1e6
+#: Largest AngleStep magnitude (degrees): a step of more than a turn is a typing error.
+MAX_ANGLE_STEP_DEG = 360.0
 FILTER_NAMES = ("Ram-Lak", "Shepp-Logan", "Cosine", "Hamming", "Hann")
 RECON_STATES = ("Idle", "Waiting", "Reconstructing", "Error")
 
@@ -79,12 +85,23 @@ class SliceGroup(NodeGroup):
 
     index = 0
 
-    @on_put("Row")
-    async def _row(self, name: str, value: int) -> int:
+    @property
+    def recon(self) -> ReconGroup:
         recon = self.parent
         assert isinstance(recon, ReconGroup)
-        rows = [value if group is self else group.pv("Row").value for group in recon.slices]
-        self.node.configure_recon(rows=tuple(row for row in rows if row >= 0))
+        return recon
+
+    async def refused(self, name: str, reason: str) -> None:
+        await self.recon.refused(f"Slice{self.index}:{name}", reason)
+
+    @on_put("Row")
+    async def _row(self, name: str, value: int) -> int:
+        if value < -1:
+            raise ConfigError(f"Row {value}: a detector row is ≥ 0, or -1 for none")
+        rows = [value if group is self else group.pv("Row").value
+                for group in self.recon.slices]
+        # two slices on one row share its reconstruction
+        self.node.configure_recon(rows=tuple(dict.fromkeys(row for row in rows if row >= 0)))
         return value
 
     async def publish(self, image: np.ndarray, update: int) -> None:
@@ -109,6 +126,11 @@ class ReconGroup(NodeGroup, make_group("ReconBase", RECON_SPECS, ANGLE_SPECS)):
         self.slices = tuple(getattr(self, f"slice{i}") for i in range(1, MAX_SLICES + 1))
         self._published = 0
         self._last_publish = 0.0
+        self._error = ""  # the reconstruction's error as last shown in LastError_RBV
+
+    async def refused(self, name: str, reason: str) -> None:
+        """LastError_RBV says why (until the reconstruction's own state says otherwise)."""
+        await self.post("LastError_RBV", f"{name} refused: {reason}")
 
     @on_put("Enable")
     async def _enable(self, name: str, value: str) -> str:
@@ -118,8 +140,13 @@ class ReconGroup(NodeGroup, make_group("ReconBase", RECON_SPECS, ANGLE_SPECS)):
     @on_put("CentreMode", "Centre")
     async def _centre(self, name: str, value: Any) -> Any:
         mode = value if name == "CentreMode" else self.pv("CentreMode").value
-        centre = value if name == "Centre" else self.pv("Centre").value
-        self.node.configure_recon(centre=None if mode == "Auto" else float(centre))
+        centre = float(value if name == "Centre" else self.pv("Centre").value)
+        width = self.node.image_shape[1]
+        # a Centre put is checked in Auto mode too (Manual would refuse it); Auto always goes
+        if (name == "Centre" or mode == "Manual") and not 0 <= centre <= width - 1:
+            raise ConfigError(f"Centre {centre:g} lies outside the image's columns "
+                              f"0 … {width - 1}")
+        self.node.configure_recon(centre=None if mode == "Auto" else centre)
         return value
 
     @on_put("Filter")
@@ -129,6 +156,9 @@ class ReconGroup(NodeGroup, make_group("ReconBase", RECON_SPECS, ANGLE_SPECS)):
 
     @on_put("StartAngle", "AngleStep")
     async def _angles(self, name: str, value: float) -> float:
+        limit = MAX_START_ANGLE_DEG if name == "StartAngle" else MAX_ANGLE_STEP_DEG
+        if not abs(value) <= limit:
+            raise ConfigError(f"{name} {value:g} deg is beyond +-{limit:g} deg")
         field = {"StartAngle": "start_angle_deg", "AngleStep": "angle_step_deg"}[name]
         self.node.configure_recon(**{field: float(value)})
         return value
@@ -140,8 +170,10 @@ class ReconGroup(NodeGroup, make_group("ReconBase", RECON_SPECS, ANGLE_SPECS)):
             "State_RBV": RECON_STATES.index(status.state),
             "ProjectionsUsed_RBV": status.projections_used, "Skipped_RBV": status.skipped,
             "TimePerUpdate_RBV": status.time_per_update_ms, "CentreInUse_RBV": status.centre,
-            "LastError_RBV": status.error,
         })
+        if status.error != self._error:  # a new error, or cleared: a refusal's reason goes too
+            self._error = status.error
+            await self.post("LastError_RBV", status.error)
         now = time.monotonic()
         if now - self._last_publish < SLICE_INTERVAL_S:
             return
@@ -150,12 +182,12 @@ class ReconGroup(NodeGroup, make_group("ReconBase", RECON_SPECS, ANGLE_SPECS)):
             return
         self._published, self._last_publish = latest.update, now
         for row, image in zip(latest.rows, latest.images, strict=True):
-            group = next((g for g in self.slices if g.pv("Row").value == row), None)
-            if group is None:  # the row was changed since: its slice has no place now
-                continue
-            await group.publish(image, latest.update)
-            if pva is not None:
-                pva.post(slice_image_suffix(group.index), image, latest.update)
+            # none if the row was changed since (its slice has no place now); more than one
+            # if slices share the row
+            for group in (g for g in self.slices if g.pv("Row").value == row):
+                await group.publish(image, latest.update)
+                if pva is not None:
+                    pva.post(slice_image_suffix(group.index), image, latest.update)
         # after the slices: a client that sees these sees those slices
         await self.post_many({"SliceProjections_RBV": latest.projections,
                               "UniqueId_RBV": latest.update})
