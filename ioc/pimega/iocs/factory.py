@@ -110,22 +110,33 @@ def on_put(*names: str) -> Callable[[PutHook], PutHook]:
 class _RawValueCheck:
     """Refuse, before caproto converts it, a client's number that the PV cannot hold: NaN or
     infinity (to a LONG it would become -2147483648, to an enum state 0), a value out of the
-    LONG range, or a fraction for an enum state."""
+    LONG range, a fraction or a state the enum has not; the group's ``refused`` says why."""
 
     async def write_from_dbr(self, data: Any, data_type: Any, metadata: Any, *,
                              flags: int = 0) -> Any:
         native = ca.native_type(data_type)
         if native in (ChannelType.DOUBLE, ChannelType.FLOAT, ChannelType.LONG,
-                      ChannelType.INT) and len(data):
+                      ChannelType.INT, ChannelType.ENUM) and len(data):
             values = np.asarray(data, dtype=np.float64)
-            if not np.isfinite(values).all():
-                raise ValueError(f"{values.tolist()} is not a finite number")
-            if (values != np.round(values)).any():
-                raise ValueError(f"{values.tolist()} is not a whole number")
-            if (np.abs(values) > _INT32_MAX).any():
-                raise ValueError(f"{values.tolist()} is outside the LONG range")
+            states = len(getattr(self, "enum_strings", None) or ()) or None
+            reason = ("is not a finite number" if not np.isfinite(values).all() else
+                      "is not a whole number" if (values != np.round(values)).any() else
+                      "is outside the LONG range"
+                      if ((values > _INT32_MAX) | (values < _INT32_MIN)).any() else
+                      f"is not a state (0 … {states - 1})"
+                      if states and ((values < 0) | (values >= states)).any() else "")
+            if reason:
+                await self._refuse(f"{values.tolist()} {reason}")
         return await super().write_from_dbr(  # pyright: ignore[reportAttributeAccessIssue]
             data, data_type, metadata, flags=flags)
+
+    async def _refuse(self, reason: str) -> None:
+        """Tell the group (its message PV), then refuse the put."""
+        group = getattr(self, "group", None)
+        if isinstance(group, CatalogGroup):
+            name = self.pvname.removeprefix(group.prefix)  # pyright: ignore[reportAttributeAccessIssue]
+            await group.refused(name, f"{name}: {reason}")
+        raise ValueError(reason)
 
 
 class CheckedInteger(_RawValueCheck, PvpropertyInteger):
@@ -137,6 +148,7 @@ class CheckedEnum(_RawValueCheck, PvpropertyEnum):
 
 
 _INT32_MAX = 2**31 - 1
+_INT32_MIN = -(2**31)
 
 
 class CatalogGroup(PVGroup):
@@ -263,17 +275,20 @@ def _putter(spec: PVSpec) -> Putter:
 
     async def put(self: PVGroup, instance: ChannelData, value: Any) -> Any:
         group = cast(CatalogGroup, self)
-        if isinstance(instance, ChannelEnum):
-            _enum_index(instance, value)
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{spec.name} needs a finite number, got {value}")
         hook = group.put_hooks.get(spec.name)
-        if hook is not None:
-            try:
+        try:
+            if isinstance(instance, ChannelEnum):
+                try:
+                    _enum_index(instance, value)
+                except ValueError as exc:
+                    raise ValueError(f"{spec.name}: {exc}") from None
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{spec.name} needs a finite number, got {value}")
+            if hook is not None:
                 value = await getattr(group, hook)(spec.name, value)
-            except ValueError as exc:  # ConfigError is one: the reason goes to a message PV
-                await group.refused(spec.name, str(exc))
-                raise
+        except ValueError as exc:  # ConfigError is one: the reason goes to a message PV
+            await group.refused(spec.name, str(exc))
+            raise
         if isinstance(instance, ChannelEnum):
             value = instance.enum_strings[_enum_index(instance, value)]
         if spec.readback:
