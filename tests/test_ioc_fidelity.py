@@ -29,6 +29,7 @@ EPICS_EPOCH_S = 631152000
 #: Settings of the plugins these tests change, put back before each test.
 EXTRA_STATE = (
     ("HDF1:AutoSave", "No"), ("HDF1:Compression", "None"), ("HDF1:NexusDefinition", "NXtomo"),
+    ("HDF1:SampleName", "sample"),
     ("HDF1:EnableCallbacks", "Enable"), ("Proc1:EnableBackground", "Disable"),
     ("Proc1:EnableFlatField", "Disable"), ("Proc1:EnableOffsetScale", "Disable"),
     ("Proc1:EnableLowClip", "Disable"), ("Proc1:EnableHighClip", "Disable"),
@@ -260,6 +261,7 @@ def test_the_file_validates_against_the_definition_it_names(pv, tmp_path, defini
     put(pv, "HDF1:NexusDefinition", definition)
     put(pv, "HDF1:DetDist", 250.0)
     put(pv, "HDF1:BeamX", 15.5)
+    put(pv, "HDF1:SampleName", f"lysozyme_{definition}")
     filename = capture_and_acquire(pv, tmp_path, definition, "Single", 1)
     start = time.time()
     for _ in range(3):  # as an ophyd count of 3 single frames
@@ -277,6 +279,7 @@ def test_the_file_validates_against_the_definition_it_names(pv, tmp_path, defini
         stamps = detector["timestamp"][()] / 1e9
         assert all(start - 1 < stamp < time.time() + 1 for stamp in stamps), stamps
         assert f["entry/end_time"].asstr()[()] >= f["entry/start_time"].asstr()[()]
+        assert f["entry/sample/name"].asstr()[()] == f"lysozyme_{definition}"
         if definition == "NXmx":
             assert detector["distance"][()] == pytest.approx(0.25)
             assert detector["beam_center_x"][()] == pytest.approx(15.5 * 55e-6)

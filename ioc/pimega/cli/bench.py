@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import numba
 import numpy as np
 
 from pimega.cli import bench_gpu, bench_rdma, bench_recon
+from pimega.cli.bench_preview import bench_preview
 from pimega.cli.bench_soak import bench_soak
 from pimega.cli.bench_sustained import bench_sustained
 from pimega.cli.figures import Figure, best_of
@@ -266,63 +266,6 @@ def bench_end_to_end(module: ModuleGeometry, n_frames: int, depth: int,
                          1e3 / limit, stage.time_per_frame_ms * limit / 1e3)
 
 
-PREVIEW_CLIENTS = 3
-
-
-def bench_preview(seconds: float, frame_rate_hz: float,
-                  min_callback_s: float) -> Iterator[Figure]:
-    """A full-module IOC acquiring continuously; :data:`PREVIEW_CLIENTS` viewers (each its
-    own circuit) monitor the preview while this process times control-PV puts with callback
-    (as screens and a scan would); the preview figure is the slowest viewer's rate."""
-    from caproto.threading.client import Context
-
-    from pimega.cli.loopback import loopback_environment
-
-    logging.getLogger("caproto").setLevel(logging.WARNING)
-    env = os.environ | loopback_environment()
-    os.environ.update(env)  # this process's CA client talks to the IOC on loopback too
-    prefix = "BENCH:"
-    ioc = subprocess.Popen([sys.executable, "-m", "pimega.cli.ioc", "--sim", "--prefix", prefix],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    context = Context()
-    try:
-        names = ["Heartbeat_RBV", "cam1:ImageMode", "cam1:AcquirePeriod", "cam1:Acquire",
-                 "image1:MinCallbackTime", "cam1:NumExposures"]
-        pvs = dict(zip(names, context.get_pvs(*(prefix + n for n in names)),
-                       strict=True))
-        deadline = time.monotonic() + 120
-        while pvs["Heartbeat_RBV"].read(timeout=60).data[0] < 2:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the IOC did not start")
-            time.sleep(0.2)
-        pvs["image1:MinCallbackTime"].write(min_callback_s, wait=True)
-        pvs["cam1:ImageMode"].write(2, wait=True)
-        pvs["cam1:AcquirePeriod"].write(1 / frame_rate_hz, wait=True)
-        pvs["cam1:Acquire"].write(1, wait=False)
-        viewer = subprocess.Popen(
-            [sys.executable, "-m", "pimega.cli.preview_viewer", prefix + "image1:ArrayData",
-             str(seconds + 2), str(PREVIEW_CLIENTS)], env=env, stdout=subprocess.PIPE,
-            text=True)
-        time.sleep(2)
-        round_trips = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            t0 = time.perf_counter()
-            pvs["cam1:NumExposures"].write(1, wait=True, timeout=10)
-            round_trips.append(time.perf_counter() - t0)
-            time.sleep(0.01)
-        rate = float(viewer.communicate(timeout=60)[0])
-        pvs["cam1:Acquire"].write(0, wait=True)
-    finally:
-        context.disconnect()
-        ioc.terminate()
-        ioc.wait(timeout=20)
-    p50, p99 = (1e3 * float(np.percentile(round_trips, q)) for q in (50, 99))
-    yield Figure(f"preview_1536x1536_hz_{PREVIEW_CLIENTS}clients", rate, "Hz", 10.0, rate / 10.0)
-    yield Figure("control_put_p50_ms", p50, "ms", 20.0, p50 / 20.0)
-    yield Figure("control_put_p99_ms", p99, "ms", 20.0, p99 / 20.0)
-
-
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pimega bench", description=__doc__)
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
@@ -334,7 +277,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["pipeline", "ingest", "writer", "e2e", "preview"],
                         nargs="*", help="benches to run (default: all but preview)")
     parser.add_argument("--preview", action="store_true",
-                        help="also run an IOC: preview rate and control-PV round trips")
+                        help="also the preview for many viewers: caproto's per-subscriber "
+                             "cost, then an IOC with 0, 1, 3 viewers (rates, server CPU) and "
+                             "control-PV round trips")
     parser.add_argument("--preview-fps", type=float, default=100.0,
                         help="frame rate the IOC acquires at during --preview")
     parser.add_argument("--preview-interval", type=float, default=0.08,

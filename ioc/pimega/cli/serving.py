@@ -29,6 +29,7 @@ from pimega.iocs.access import AccessContext, AccessPolicy, GroupMap
 from pimega.iocs.app import PimegaIOC, pva_suffixes
 from pimega.iocs.autosave import FILE_NAME, Autosave, default_directory, request_pvs
 from pimega.iocs.factory import all_pv_names
+from pimega.iocs.pimega_specs import DEPTH_OF_STATE
 from pimega.iocs.pva import pva_images
 from pimega.runtime import NodeControl
 from pimega.screens.db import AUTOSAVE_TOP, autosave_requests
@@ -103,6 +104,8 @@ def run(prog: str, args: argparse.Namespace, group_class: type[PimegaIOC],
         return 1
     pva = None
     try:
+        if not args.no_autosave:
+            restore_counter_depth(node, args.prefix, args.autosave_dir)
         node.open()
         roots = args.data_roots or [str(Path.home()), tempfile.gettempdir()]
         ioc = group_class(prefix=args.prefix, node=node, data_roots=roots)
@@ -141,6 +144,16 @@ def served_elsewhere(prefix: str) -> bool:
     except (TimeoutError, OSError):
         return False
     return True
+
+
+def restore_counter_depth(node: NodeControl, prefix: str, directory: Path | None) -> None:
+    """The saved counter depth, before the PVs are built: ``image1:ArrayData``'s element type
+    follows the depth the IOC starts at (decision 12); autosave restores the rest later."""
+    path = (directory or default_directory(prefix)) / FILE_NAME
+    saved = Autosave({}, (), path, prefix).read() or {}
+    state = saved.get(f"{prefix}cam1:CounterDepth")
+    if state in DEPTH_OF_STATE:
+        node.configure(bit_depth=DEPTH_OF_STATE[state])
 
 
 def autosave_for(ioc: PimegaIOC, prefix: str, directory: Path | None,

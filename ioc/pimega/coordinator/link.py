@@ -48,7 +48,8 @@ SETTINGS = (
     *(f"HDF1:{name}" for name in (
         "FilePath", "FileName", "FileTemplate", "AutoIncrement", "FileNumber", "FileWriteMode",
         "NumCapture", "LazyOpen", "SWMRMode", "Compression", "ZLevel", "BloscCompressor",
-        "BloscLevel", "BloscShuffle", "NumDataBits", "DataBitsOffset", "SZipNumPixels")),
+        "BloscLevel", "BloscShuffle", "NumDataBits", "DataBitsOffset", "SZipNumPixels",
+        "SampleName")),
 )
 #: Busy records and other PVs only written.
 ACTIONS = ("cam1:Acquire", "cam1:TriggerSoftware", "HDF1:Capture", "HDF1:FlushNow")

@@ -476,7 +476,7 @@ class ArrayNode:
             "HDF1:BloscLevel": options.blosc_level,
             "HDF1:BloscShuffle": _BLOSC_SHUFFLE[options.blosc_shuffle],
             "HDF1:NumDataBits": options.nbit_bits, "HDF1:DataBitsOffset": options.nbit_offset,
-            "HDF1:SZipNumPixels": options.szip_pixels,
+            "HDF1:SZipNumPixels": options.szip_pixels, "HDF1:SampleName": s.sample_name,
         }
 
     async def _capture_module(self, link: ModuleLink, capture: _Capture) -> None:
@@ -547,7 +547,8 @@ class ArrayNode:
             module_shape=self.layout.module.shape,
             layout=f"{self.layout.modules_x}x{self.layout.modules_y} modules",
             module_origins=tuple(m.origin for m in modules),
-            definition=capture.settings.definition, mx=capture.settings.mx)
+            definition=capture.settings.definition, mx=capture.settings.mx,
+            sample_name=capture.settings.sample_name)
         await asyncio.get_running_loop().run_in_executor(
             None, write_master, capture.settings.filename, modules, frames,
             self.layout.module.shape, self.layout.shape, self.image_dtype, metadata)

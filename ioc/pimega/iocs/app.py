@@ -17,8 +17,9 @@ from .access import AccessGroup
 from .autosave import Autosave
 from .cam import CamGroup, cam_group_class
 from .events import Completions
+from .image_group import ImageGroup
 from .pipeline_group import PipelineGroup, pipeline_group_class
-from .plugins import HDF5Group, ImageGroup, PvaGroup, ROIGroup, StatsGroup
+from .plugins import HDF5Group, PvaGroup, ROIGroup, StatsGroup
 from .proc_group import ProcessGroup
 from .pva import PVA_IMAGE_SUFFIX, PvaImages
 from .recon_group import ReconGroup, recon_group_class, slice_image_suffix

@@ -523,7 +523,8 @@ ND_FILE_HDF5: tuple[PVSpec, ...] = (
 
 ND_STD_ARRAYS: tuple[PVSpec, ...] = (
     stringin("PluginType_RBV", PLUGIN_TYPES["image"]),
-    array("ArrayData", "LONG", ARRAY_DATA_LENGTH, doc="The latest (preview) image, row-major"),
+    array("ArrayData", "SHORT", ARRAY_DATA_LENGTH,
+          doc="The latest (preview) image, row-major; SHORT (LONG if started at 24 bit)"),
 )
 
 # --- NDStats.template (Stats1:) ---------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The NDPlugin groups: ``image1:`` (preview), ``HDF1:`` (file), ``Stats1:``, ``ROI1:``.
+"""The NDPlugin groups: ``Pva1:`` (preview over PV Access), ``HDF1:`` (file), ``Stats1:``,
+``ROI1:``, and their base (``image1:`` is in :mod:`pimega.iocs.image_group`).
 
 They are views of the one pipeline inside the node, not separate threads: ROI and
 statistics are computed by the pipeline, the preview is binned there, the file is written by
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -36,17 +36,13 @@ from pimega.runtime import (
 )
 
 from .base import NodeGroup, frame_time_values
-from .catalog import HDF5_STACK, IMAGE_STACK, ROI_STACK, STATS_STACK
+from .catalog import HDF5_STACK, ROI_STACK, STATS_STACK
 from .events import Busy
 from .factory import make_group, on_put, override
-from .pimega_specs import PIMEGA_HDF5, PIMEGA_IMAGE
+from .pimega_specs import PIMEGA_HDF5
 from .pva import PVA_IMAGE_SUFFIX, PvaBase
 from .time_series import TimeSeriesGroup
 
-#: Shortest preview interval (50 Hz): a waveform monitor must never go unpaced.
-PREVIEW_FLOOR_S = 0.02
-#: How often a long preview wait looks at MinCallbackTime again.
-PREVIEW_RECHECK_S = 0.1
 UPSTREAM_PORT = "PIMEGA"
 
 
@@ -99,73 +95,6 @@ class PluginGroup(NodeGroup):
                               "PluginType_RBV": self.pv("PluginType_RBV").value})
 
 
-ImageBase = make_group("ImageBase", *IMAGE_STACK, PIMEGA_IMAGE)
-
-
-class ImageGroup(PluginGroup, ImageBase):
-    """NDStdArrays: the latest image, binned to fit, at most once per MinCallbackTime."""
-
-    port_name = "IMAGE1"
-
-    @on_put("MinCallbackTime")
-    async def _min_callback_time(self, name: str, value: float) -> float:
-        if value < 0:
-            raise ConfigError(f"MinCallbackTime must be ≥ 0 s, got {value}")
-        # the pipeline makes previews twice as often as shown
-        self.node.configure(preview_interval_s=max(float(value), PREVIEW_FLOOR_S) / 2)
-        return value
-
-    @on_put("PreviewBinning")
-    async def _preview_binning(self, name: str, value: int) -> int:
-        node = self.node
-        node.set_preview_binning(int(value))  # refuses < 0 or larger than the image
-        await self.post_array_geometry(node.preview_shape, node.image_dtype)
-        return value
-
-    async def run_preview(self) -> None:
-        """Publish previews forever, one per MinCallbackTime at most, paced on deadlines; a
-        changed MinCallbackTime takes effect within ``PREVIEW_RECHECK_S``."""
-        due = time.monotonic()
-        while True:
-            await self.publish_preview()
-            while (wait := due + self._preview_interval() - time.monotonic()) > 0:
-                await asyncio.sleep(min(wait, PREVIEW_RECHECK_S))
-            due += self._preview_interval()
-            if time.monotonic() - due > self._preview_interval():  # fell behind: no burst
-                due = time.monotonic()
-
-    def _preview_interval(self) -> float:
-        return max(self.pv("MinCallbackTime").value, PREVIEW_FLOOR_S)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._published_id = 0
-        self._published = 0
-
-    async def startup(self) -> None:
-        """Post the preview's geometry before the first frame (ophyd's ImagePlugin reads it)."""
-        await super().startup()
-        node = self.node
-        await self.post_array_geometry(node.preview_shape, node.image_dtype)
-
-    async def publish_preview(self) -> None:
-        """Publish the node's newest preview if it is new (``run_preview`` paces this)."""
-        if self.pv("EnableCallbacks").value != "Enable":
-            return
-        preview = self.node.latest_preview()
-        if preview is None or preview[0] == self._published_id:
-            return
-        unique_id, image = preview
-        self._published_id = unique_id
-        self._published += 1
-        await self.post_array_geometry(image.shape, image.dtype)
-        # the one copy the waveform needs, made off the event loop (NumPy drops the GIL)
-        flat = await asyncio.get_running_loop().run_in_executor(None, _as_waveform, image)
-        await self.pv("ArrayData").write(flat, verify_value=False)
-        await self.publish_arrays(self._published, unique_id - self._published, unique_id)
-        await self.root.pva_group.publish(image, unique_id)
-
-
 class PvaGroup(PluginGroup, PvaBase):
     """NDPva: the preview as an NTNDArray over PV Access (``Pva1:Image``, where p4p is
     installed), with the plugin's Channel Access PVs and counters."""
@@ -202,11 +131,6 @@ class PvaGroup(PluginGroup, PvaBase):
         await self.post_array_geometry(image.shape, image.dtype)
 
 
-def _as_waveform(image: np.ndarray) -> np.ndarray:
-    """ArrayData's element type (LONG), big-endian as Channel Access sends it."""
-    return image.ravel().astype(">i4")
-
-
 HDF5Base = make_group("HDF5Base", *HDF5_STACK, PIMEGA_HDF5)
 
 #: The writer's name of each HDF1:Compression string (JPEG is refused with the reason).
@@ -223,6 +147,13 @@ _MX_GEOMETRY = {"DetDist": ("distance_m", 1e-3), "BeamX": ("beam_center_x_px", 1
                 "SensorMaterial": ("sensor_material", None),
                 "SensorThickness": ("sensor_thickness_m", 1e-6),
                 "SourceName": ("source_name", None)}
+
+
+def _check_plain_text(name: str, value: str) -> None:
+    """Refuse text a file's metadata should not hold: non-ASCII (Channel Access carries
+    bytes, which clients decode as Latin-1 or UTF-8 as they please) and control characters."""
+    if not (value.isascii() and value.isprintable()):
+        raise ConfigError(f"{name} {value!r}: printable ASCII only")
 
 
 class HDF5Group(PluginGroup, HDF5Base):
@@ -274,7 +205,17 @@ class HDF5Group(PluginGroup, HDF5Base):
 
     @on_put(*_MX_GEOMETRY)
     async def _mx_geometry(self, name: str, value: Any) -> Any:
-        self._mx(name, value)  # refuses what makes no geometry
+        if isinstance(value, str):
+            _check_plain_text(name, value)
+        try:
+            self._mx(name, value)  # refuses what makes no geometry
+        except ConfigError as exc:
+            raise ConfigError(f"{name} {value!r}: {exc}") from None
+        return value
+
+    @on_put("SampleName")
+    async def _sample_name(self, name: str, value: str) -> str:
+        _check_plain_text(name, value)
         return value
 
     def _mx(self, name: str = "", value: Any = None) -> MxGeometry:
@@ -380,6 +321,7 @@ class HDF5Group(PluginGroup, HDF5Base):
             definition=self.pv("NexusDefinition").value,
             mx=self._mx(),
             per_frame=FileNaming(path, name, template, number) if per_frame else None,
+            sample_name=self.pv("SampleName").value,
         )
 
     async def begin_auto_save(self) -> None:

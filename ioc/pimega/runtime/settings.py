@@ -100,6 +100,7 @@ class CaptureSettings:
     definition: str = "NXtomo"
     mx: MxGeometry = field(default_factory=MxGeometry)
     per_frame: FileNaming | None = None
+    sample_name: str = "sample"
 
     def __post_init__(self) -> None:
         if self.num_capture < 0:
