@@ -1,11 +1,14 @@
 """The GPU backend's kernels and conveyor against the CPU path.
 
-``gpusim``: every kernel under numba-cuda's simulator on small frames, and the conveyor of
-``GpuBackend`` over a stand-in for CuPy (host memory, copies done at once). The simulator
+``gpusim``: every kernel under numba-cuda's simulator on small frames, and the whole conveyor
+of ``GpuBackend`` on the simulated device (``NumbaDevice``: numba-cuda's own memory, streams,
+events and copies) and on ``CupyDevice`` over a stand-in for CuPy (host memory, copies done
+at once), bit for bit against the CPU path for every depth and correction. The simulator
 must be chosen before numba is first imported, which the rest of the suite does, so
 :func:`test_under_simulator` runs this module's ``TestSimulated`` in a subprocess with
 ``NUMBA_ENABLE_CUDASIM=1``; elsewhere that class is not collected. ``gpu``: the backend on
-a CUDA device through CuPy. Unmarked: what happens without CuPy or a device.
+a CUDA device through CuPy (and through numba-cuda alone). Unmarked: what happens without
+CuPy or a device.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry
 from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.correct import Corrections, apply_corrections, output_dtype
 from pimega.pipeline.gpu.backend import STAGES, GpuBackend, GpuError, stats_from_result
+from pimega.pipeline.gpu.device import CupyDevice, Device, NumbaDevice
 from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
 from pimega.sim.patterns import module_payload
 
@@ -240,24 +244,28 @@ class TestSimulated:
         assert_stats_match(stats_from_result(result, rows * cols),
                            compute_stats(area, threshold))
 
-    def test_conveyor_matches_cpu(self, monkeypatch):
+    @pytest.mark.parametrize("device_kind", ["numba", "cupy"])
+    def test_conveyor_matches_cpu(self, monkeypatch, device_kind):
         """Batches turning through the three slots: images, stats, preview and status."""
-        install_fake_cupy(monkeypatch)
+        device = simulated_device(monkeypatch, device_kind)
         layout = LAYOUTS["2x2 modules of 2x2 chips of 8"]
         corrections = random_corrections(layout.shape, 12, "dark+flat+mask", seed=5)
-        backend = GpuBackend(batch_size=2)
+        backend = GpuBackend(batch_size=2, device=device)
         frames = [frame_payloads(layout, 12, n) for n in range(7)]
         outs = [backend.host_empty(layout.shape, np.float32) for _ in frames]
         region = Roi(min_x=3, min_y=5, size_y=20, bin_x=3, bin_y=2)
         with backend.processor(layout, 12, corrections) as processor:
-            batches = [(0, 2, None, None), (2, 3, region, None), (3, 5, None, 3),
-                       (5, 7, region, 4)]
+            batches = ([(0, 2, None, None), (2, 3, region, None), (3, 5, None, 3),
+                        (5, 7, region, 4)] if device_kind == "numba"
+                       else [(0, 2, None, None), (2, 3, None, 3), (3, 5, None, None),
+                             (5, 7, region, 4)])  # CuPy's copies: one batch with stats
             tickets = []
             for first, end, batch_roi, factor in batches:
                 tickets.append(processor.submit(
                     [(list(frames[n]), outs[n]) for n in range(first, end)], batch_roi, factor))
                 if len(tickets) == 3:
-                    assert backend.status()["frames_in_flight"] == 5
+                    assert backend.status().frames_in_flight == 5
+                    assert backend.status().memory_used_bytes > 0 or device_kind == "cupy"
             results = [processor.collect(ticket) for ticket in tickets]
         expected = [cpu_image(p, layout, 12, corrections) for p in frames]
         for out, image in zip(outs, expected, strict=True):
@@ -272,12 +280,37 @@ class TestSimulated:
             if factor is not None:
                 assert result.preview is not None
                 assert_matches(result.preview, bin_for_preview(last, factor))
+            assert set(result.gpu_ms) <= set(STAGES) and "assemble" in result.gpu_ms
         status = backend.status()
-        assert status["device"] == "simulator" and status["frames_in_flight"] == 0
-        assert set(status["gpu_ms_per_frame"]) == set(STAGES) and status["h2d_gb_s"] > 0
+        assert status.device.startswith("simulator") and status.frames_in_flight == 0
+        assert set(status.gpu_ms_per_frame) == set(STAGES) and status.h2d_gb_s > 0
+        assert status.error is None
+        backend.close()
 
-    def test_raw_frames_and_refusals(self, monkeypatch):
-        install_fake_cupy(monkeypatch)
+    @pytest.mark.parametrize(("depth", "which"), [(1, ""), (6, "mask"), (12, "dark+flat+mask"),
+                                                  (24, "mask"), (24, "dark+flat")])
+    def test_conveyor_matches_cpu_at_every_depth(self, depth, which):
+        """Two frames a batch from pinned ring slots longer than a payload, as the engine
+        hands them over, on the simulated device."""
+        layout = LAYOUTS["1 module of 3x3 chips of 5"]
+        corrections = random_corrections(layout.shape, depth, which, seed=depth)
+        backend = GpuBackend(batch_size=2)
+        frames = [frame_payloads(layout, depth, n) for n in range(3)]
+        rings = backend.host_empty((3, layout.n_modules, layout.module.payload_size(24)),
+                                   np.uint8)
+        for ring, payloads in zip(rings, frames, strict=True):
+            ring[:, : payloads.shape[1]] = payloads
+        outs = [backend.host_empty(layout.shape, output_dtype(depth, corrections))
+                for _ in frames]
+        with backend.processor(layout, depth, corrections) as processor:
+            first = processor.submit([(list(rings[n]), outs[n]) for n in (0, 1)])
+            second = processor.submit([(list(rings[2]), outs[2])])
+            processor.collect(second)
+            processor.collect(first)
+        for out, payloads in zip(outs, frames, strict=True):
+            assert_matches(out, cpu_image(payloads, layout, depth, corrections))
+
+    def test_raw_frames_and_refusals(self):
         layout = LAYOUTS["1 module of 2x2 chips of 16"]
         corrections = random_corrections(layout.shape, 6, "mask", seed=6)
         backend = GpuBackend(batch_size=2)
@@ -300,6 +333,35 @@ class TestSimulated:
                                    ([(list(payloads), out)], 0)]:
                 with pytest.raises(ConfigError):
                     processor.submit(frames, None, factor)
+
+    @pytest.mark.parametrize("fault", ["lost@2", "hang@2", "oom@3"])
+    def test_a_failing_device_raises_gpu_error_and_never_hangs(self, fault):
+        from pimega.pipeline.gpu.device import FaultyDevice
+
+        layout = LAYOUTS["1 module of 2x2 chips of 16"]
+        backend = GpuBackend(batch_size=1, timeout_s=0.5,
+                             device=FaultyDevice.parse(NumbaDevice(), fault))
+        payloads = list(frame_payloads(layout, 12, 1))
+        out = backend.host_empty(layout.shape, np.uint16)
+        if fault.startswith("oom"):
+            with pytest.raises(GpuError, match="out of GPU memory allocating buffers"):
+                backend.processor(layout, 12, Corrections())
+        else:
+            with backend.processor(layout, 12, Corrections()) as processor:
+                processor.process(payloads, out)
+                ticket = processor.submit([(payloads, out)])
+                with pytest.raises(GpuError, match=r"device lost|did not finish"):
+                    processor.collect(ticket)
+        status = backend.status()
+        assert status.error is not None and status.frames_in_flight == 0
+
+
+def simulated_device(monkeypatch: pytest.MonkeyPatch, kind: str) -> Device:
+    """The simulator's own device, or ``CupyDevice`` over a stand-in for CuPy."""
+    if kind == "numba":
+        return NumbaDevice()
+    install_fake_cupy(monkeypatch)
+    return CupyDevice()
 
 
 def install_fake_cupy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -446,12 +508,42 @@ def test_device_status_and_pinned_memory(backend):
         for _ in range(3):
             processor.process([ring[0]], out)
         status = backend.status()
-    assert status["device"] and status["frames_in_flight"] == 0
-    assert 0 < status["memory_used_bytes"] < status["memory_total_bytes"]
-    assert status["h2d_gb_s"] > 0 and status["error"] is None
-    times = status["gpu_ms_per_frame"]
+    assert status.device and status.frames_in_flight == 0
+    assert 0 < status.memory_used_bytes < status.memory_total_bytes
+    assert status.h2d_gb_s > 0 and status.error is None
+    times = status.gpu_ms_per_frame
     assert all(times[stage] > 0 for stage in ("h2d", "assemble", "d2h")), times
     assert times["stats"] == times["preview"] == 0  # none asked for
+
+
+@pytest.mark.gpu
+@needs_device
+@pytest.mark.parametrize("name", ["1 module of 2x2 chips of 16", "1 module of 6x6 chips of 256"])
+def test_numba_device_runs_the_conveyor_on_a_device(name):
+    """numba-cuda's own memory, pinned arrays, streams and events: a device without CuPy."""
+    layout = LAYOUTS.get(name, ArrayLayout(ModuleGeometry()))
+    backend = GpuBackend(batch_size=2, device=NumbaDevice())
+    try:
+        corrections = random_corrections(layout.shape, 12, "dark+flat+mask", seed=4)
+        frames = [frame_payloads(layout, 12, n) for n in range(5)]
+        rings = backend.host_empty((5, layout.n_modules, frames[0].shape[1]), np.uint8)
+        rings[...] = np.stack(frames)
+        outs = backend.host_empty((5, *layout.shape), np.float32)
+        with backend.processor(layout, 12, corrections) as processor:
+            tickets = [processor.submit([(list(rings[n]), outs[n]) for n in range(a, b)],
+                                        Roi(bin_x=2), 2) for a, b in ((0, 2), (2, 4), (4, 5))]
+            results = [processor.collect(ticket) for ticket in tickets]
+        expected = [cpu_image(p, layout, 12, corrections) for p in frames]
+        for out, image in zip(outs, expected, strict=True):
+            assert_matches(out, image, maxulp=1)
+        for end, result in zip((2, 4, 5), results, strict=True):
+            assert result.stats is not None
+            whole_binned = roi(expected[end - 1], 0, 0, 0, 0, bin_x=2)
+            assert_stats_match(result.stats, compute_stats(whole_binned))
+        status = backend.status()
+        assert status.h2d_gb_s > 0 and 0 < status.memory_used_bytes < status.memory_total_bytes
+    finally:
+        backend.close()
 
 
 @pytest.mark.gpu
@@ -461,7 +553,7 @@ def test_device_out_of_memory_is_a_clear_error():
     try:
         with pytest.raises(GpuError, match="out of GPU memory allocating buffers"):
             huge.processor(ArrayLayout(ModuleGeometry()), 6, Corrections())
-        assert huge.status()["error"] is not None
+        assert huge.status().error is not None
     finally:
         huge.close()
 

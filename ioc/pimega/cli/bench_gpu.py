@@ -10,7 +10,8 @@ Figures, as ``pimega bench`` prints them (figure, value, unit, baseline, ratio):
   images). The baseline is the frames/s that the measured pinned bandwidth carries in, so the
   ratio is the pipeline's input bandwidth over the host→device bandwidth.
 
-Without CuPy or a device, :func:`run` returns ``{"ran": False, "reason": ...}``.
+Without a device, and under numba-cuda's simulator, :func:`run` returns
+``{"ran": False, "reason": ...}``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -37,15 +39,15 @@ def _figure(name: str, value: float, unit: str, baseline: float) -> dict[str, An
 
 def copy_seconds(backend: GpuBackend, host: np.ndarray, repeats: int) -> float:
     """Best wall time of copying ``host`` into device memory (one stream, then synchronised)."""
-    cp = backend.cp
-    device = cp.empty(host.nbytes, np.uint8)
-    stream = cp.cuda.Stream(non_blocking=True)
+    device = backend.device
+    stream = device.stream()
+    target = device.empty(host.nbytes, np.uint8, stream)
+    source = host.reshape(-1).view(np.uint8)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        cp.cuda.runtime.memcpyAsync(device.data.ptr, host.ctypes.data, host.nbytes, 1,
-                                    stream.ptr)
-        stream.synchronize()
+        device.copy_h2d(target, source, stream)
+        device.synchronize(stream)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -86,6 +88,9 @@ def run(n_frames: int = 400, batch_size: int = 4, repeats: int = 5) -> dict[str,
         backend = GpuBackend(batch_size=batch_size)
     except ConfigError as exc:
         return {"backend": "gpu", "ran": False, "reason": str(exc)}
+    if backend.device.simulated:
+        return {"backend": "gpu", "ran": False,
+                "reason": "numba-cuda's simulator runs here: it measures no device"}
     try:
         pinned = backend.host_empty(256 * 2**20, np.uint8)
         pinned[...] = 1
@@ -111,7 +116,7 @@ def run(n_frames: int = 400, batch_size: int = 4, repeats: int = 5) -> dict[str,
                                    h2d_gb_s * 1e9 / frame_bytes))
         return {"backend": "gpu", "ran": True, "device": backend.device_name,
                 "batch_size": batch_size, "frames": n_frames, "h2d_gb_s": h2d_gb_s,
-                "figures": figures, "status": backend.status()}
+                "figures": figures, "status": asdict(backend.status())}
     finally:
         backend.close()
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from pimega.core.errors import ConfigError
 from pimega.core.geometry import ArrayLayout
 from pimega.iocs.app import ioc_class
-from pimega.pipeline.backend import Backend, CpuBackend
+from pimega.pipeline.backend import Backend, make_backend
 from pimega.runtime import NODE_STAGES
 from pimega.runtime.engine import Acquisition
 from pimega.sim.sender import SimConfig
@@ -20,7 +19,6 @@ from .nodes import RDMA_SIM_PORT, listening_node, rdma_node, replay_node, simula
 from .serving import add_serving_arguments, configure_logging, run
 
 PROG = "pimega-ioc"
-log = logging.getLogger("pimega.ioc")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -69,21 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     return run(PROG, args, group_class,
                lambda: make_node(args, layout, make_backend(args.backend)),
                lambda node: " + ".join(source.description for source in node.sources))
-
-
-def make_backend(name: str) -> Backend:
-    """The backend asked for; ``auto`` falls back to the CPU, saying why."""
-    if name == "cpu":
-        return CpuBackend()
-    from pimega.pipeline.gpu import GpuBackend
-
-    try:
-        return GpuBackend()
-    except ConfigError as exc:
-        if name == "gpu":
-            raise
-        log.warning("%s: the pipeline runs on the CPU", exc)
-        return CpuBackend(notice=f"{exc}: running on the CPU")
 
 
 def make_node(args: argparse.Namespace, layout: ArrayLayout, backend: Backend) -> Acquisition:

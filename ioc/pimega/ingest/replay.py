@@ -31,6 +31,9 @@ from pimega.core.wire import ImageKey, make_header
 from .framing import FrameReceiver, IngestSink, Stopped
 from .source import Spawn
 
+with contextlib.suppress(ImportError):  # HDF5 then decodes the files' LZ4/Blosc/BSLZ4 chunks
+    import hdf5plugin  # noqa: F401
+
 DATA_PATH = "/entry/data/data"
 DETECTOR_PATH = "/entry/instrument/detector"
 ANGLE_PATH = "/entry/sample/rotation_angle"

@@ -1,18 +1,28 @@
-"""``Pipe:``: the node's stages, their timing and queues, and the node's throughput.
+"""``Pipe:``: the node's stages, their timing and queues, the node's throughput, and where
+the pipeline runs.
 
 One subgroup per stage the node declares (``Pipe:Ingest:``, ``Pipe:Decode:``, …
 ``Pipe:Write:``), so a new stage or consumer gets its PVs (and screens) without code here.
+
+``Pipe:Backend`` (Auto, CPU, GPU) chooses the backend between acquisitions (refused while
+acquiring, and GPU where none is usable: the reason goes to ``Pipe:GpuMessage_RBV``);
+``Pipe:Backend_RBV`` says what runs. It is not autosaved: ``pimega-ioc --backend`` sets it at
+start-up. The ``Pipe:Gpu…_RBV`` figures are the device's (empty and zero on the CPU).
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from caproto.server import SubGroup
 
+from pimega.core.errors import ConfigError
 from pimega.runtime import StageStatus, Status
 
-from .base import NodeGroup
-from .catalog import PVSpec, ai, longin, mbbi, stringin
-from .factory import make_group
+from .base import NodeGroup, ascii_text
+from .catalog import PVSpec, ai, longin, mbbi, mbbo, stringin, text
+from .factory import make_group, on_put
 
 STAGE_STATES = ("Idle", "Running", "Error")
 
@@ -25,8 +35,33 @@ STAGE_SPECS: tuple[PVSpec, ...] = (
     longin("Dropped_RBV", doc="Frames lost or skipped here"),
 )
 
-PIPELINE_SPECS: tuple[PVSpec, ...] = (
+#: ``Pipe:Backend``'s choices (the engine's ``select_backend`` takes them).
+BACKENDS = ("Auto", "CPU", "GPU")
+#: The device's steps (``pipeline.gpu.STAGES``) and the PV of each one's time per frame.
+GPU_TIMES = {"h2d": "GpuH2DTime_RBV", "assemble": "GpuAssembleTime_RBV",
+             "correct": "GpuCorrectTime_RBV", "stats": "GpuStatsTime_RBV",
+             "preview": "GpuPreviewTime_RBV", "d2h": "GpuD2HTime_RBV"}
+_GPU_TIME_DOCS = {"h2d": "copy to the GPU", "assemble": "decode + assemble",
+                  "correct": "corrections", "stats": "statistics (an image)",
+                  "preview": "preview binning (an image)", "d2h": "copy back"}
+_MB = 1e-6
+
+BACKEND_SPECS: tuple[PVSpec, ...] = (
+    mbbo("Backend", BACKENDS, "CPU", readback=False,
+         doc="Backend from the next acquisition"),
     stringin("Backend_RBV", "CPU", doc="Where the pipeline runs: CPU or GPU"),
+    stringin("GpuDevice_RBV", doc="GPU in use (empty on the CPU)"),
+    ai("GpuMemoryUsed_RBV", precision=1, units="MB", doc="GPU memory in use"),
+    ai("GpuMemoryTotal_RBV", precision=1, units="MB", doc="GPU memory in all"),
+    longin("GpuInFlight_RBV", doc="Frames on the GPU"),
+    ai("GpuH2D_RBV", precision=2, units="GB/s", doc="Host to GPU copy rate"),
+    *(ai(pv, precision=3, units="ms", doc=f"GPU ms a frame: {_GPU_TIME_DOCS[stage]}")
+      for stage, pv in GPU_TIMES.items()),
+    text("GpuMessage_RBV", 256, doc="Why the GPU is not used, or how it failed"),
+)
+
+PIPELINE_SPECS: tuple[PVSpec, ...] = (
+    *BACKEND_SPECS,
     ai("FrameRate_RBV", precision=1, units="Hz", doc="Processed frames/s"),
     ai("Throughput_RBV", precision=3, units="Gbit/s", doc="Received Gbit/s"),
     longin("FramesProcessed_RBV", doc="Frames processed in this acquisition"),
@@ -54,7 +89,33 @@ class PipelineGroup(NodeGroup, make_group("PipelineBase", PIPELINE_SPECS)):
 
     stage_names: tuple[str, ...] = ()
 
+    async def refused(self, name: str, reason: str) -> None:
+        if name == "Backend":
+            await self.post("GpuMessage_RBV", reason)
+
+    @on_put("Backend")
+    async def _backend(self, name: str, value: str) -> str:
+        """Choose the backend off the IOC's loop (a new GPU backend compiles its kernels)."""
+        select = getattr(self.node, "select_backend", None)
+        if select is None:
+            raise ConfigError("this node's backend is chosen on each module's own node")
+        await asyncio.get_running_loop().run_in_executor(None, select, value)
+        await self.root.publish()  # Backend_RBV and the messages follow at once
+        return value
+
     async def publish(self, status: Status) -> None:
+        gpu = status.gpu
+        values: dict[str, Any] = {
+            "GpuDevice_RBV": ascii_text(gpu.device, 39),
+            "GpuMemoryUsed_RBV": gpu.memory_used_bytes * _MB,
+            "GpuMemoryTotal_RBV": gpu.memory_total_bytes * _MB,
+            "GpuInFlight_RBV": gpu.frames_in_flight, "GpuH2D_RBV": gpu.h2d_gb_s,
+            "GpuMessage_RBV": status.backend_message,
+            **{pv: gpu.gpu_ms_per_frame.get(stage, 0.0) for stage, pv in GPU_TIMES.items()},
+        }
+        if status.backend_choice in BACKENDS:
+            values["Backend"] = status.backend_choice
+        await self.post_many(values)
         await self.post_many({
             "Backend_RBV": status.backend, "FrameRate_RBV": status.frame_rate_hz,
             "Throughput_RBV": status.throughput_gbps,

@@ -53,14 +53,24 @@ Arguments are plain arrays and ints so ``cache=True`` works:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic as _numba_intrinsic
 
 from pimega.core.bitpack import dtype_for_depth
 from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry
+
+
+def intrinsic(func: Callable[..., Any]) -> Any:
+    """numba's ``intrinsic``, typed as what it makes: a function jitted code calls without
+    the typing context (pyright reads the undecorated signature otherwise)."""
+    return _numba_intrinsic(func)
+
 
 #: Pixels per byte group of the stream (3 bytes; 1 byte at 1 bit).
 GROUP_PIXELS = {1: 8, 6: 4, 12: 2, 24: 1}

@@ -8,6 +8,13 @@ It is handed its frame sources (TCP, replay, RDMA …), its detector control and
         → stages (statistics, preview: rate-limited) → consumers (file writer, live
           reconstruction, … each on its own thread with a bounded queue)
 
+With a conveyor (the GPU backend's processor) the pipeline thread keeps up to
+``max_in_flight`` frames on the device: it submits frame k+1 before it collects frame k, asks
+the device for the statistics and preview of the frames those stages are due on, and hands
+them on as the CPU's would be. The backend is chosen between acquisitions
+(:meth:`Acquisition.select_backend`); a failing device ends the acquisition in Error with
+its message, never hangs it.
+
 Threads (all stopped by :meth:`Acquisition.close`): the sources' loops, one per consumer, and
 one pipeline thread per acquisition. Every hand-off is bounded: a full image pool (a lossless
 consumer behind) stalls the pipeline, a stalled pipeline fills the rings, full rings stop the
@@ -19,8 +26,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,15 +41,24 @@ from pimega.ingest.counters import ModuleCounters
 from pimega.ingest.framing import FrameExpectation, IngestSink
 from pimega.ingest.ring import FrameRing
 from pimega.ingest.source import FrameSource
-from pimega.pipeline.backend import Backend, CpuBackend, FrameProcessor
+from pimega.pipeline.backend import (
+    BACKEND_CHOICES,
+    Backend,
+    Conveyor,
+    CpuBackend,
+    FrameProcessor,
+    FrameResult,
+    make_backend,
+)
 from pimega.pipeline.correct import Corrections, RecursiveFilter, output_dtype
+from pimega.pipeline.gpu import GpuError
 from pimega.pipeline.stats import Stats, preview_factor
 from pimega.writer.hdf5 import NexusMetadata
 
 from .capture import FileWriter
 from .consumers import Consumer, ConsumerRunner
 from .detector import DetectorControl, TriggerInput, TriggerMode
-from .matcher import FrameMatcher
+from .matcher import FrameMatcher, FrameSet
 from .meters import RateMeter, StageTimer
 from .node import AcquisitionEnded, Event, Listener
 from .pool import ImagePool
@@ -68,16 +85,53 @@ class _StageSlot:
         self.total = 0
         self.skipped = 0
 
-    def run(self, frame: Frame, now: float, last_frame: bool) -> None:
+    def due(self, now: float, last_frame: bool) -> bool:
+        """Whether the stage runs on a frame at ``now`` (its rate limit)."""
         interval = self.stage.interval_s()
-        if interval is not None and not last_frame and now - self.last_run < interval:
+        return interval is None or last_frame or now - self.last_run >= interval
+
+    def run(self, frame: Frame, now: float, last_frame: bool) -> None:
+        if not self.due(now, last_frame):
             self.skipped += 1
             return
+        self.last_run = now
+        self.run_now(frame)
+
+    def run_now(self, frame: Frame) -> None:
         t0 = time.perf_counter()
         self.stage.process(frame)
-        self.timer.add(time.perf_counter() - t0)
-        self.last_run = now
+        self.ran(time.perf_counter() - t0)
+
+    def ran(self, seconds: float) -> None:
+        self.timer.add(seconds)
         self.total += 1
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A frame submitted to a conveyor: its ticket, the ring slots and pool image it holds,
+    and which stages were asked of the device (``due``: one flag per stage)."""
+
+    ticket: Any
+    frame_set: FrameSet
+    index: int
+    info: FrameInfo
+    due: tuple[bool, ...]
+    submit_s: float  # pipeline-thread seconds spent submitting
+
+
+class _OneWait(threading.Event):
+    """An abort flag for the matcher that also says "stop" after the first wait for a frame
+    (one ring's ``POLL_S``): frames in flight are collected rather than kept waiting."""
+
+    def __init__(self, abort: threading.Event) -> None:
+        super().__init__()
+        self._abort = abort
+        self._asked = False
+
+    def is_set(self) -> bool:
+        asked, self._asked = self._asked, True
+        return asked or self._abort.is_set()
 
 
 class _FrameTimes:
@@ -152,6 +206,7 @@ class Acquisition:
         self._idle.set()
         self._state = DetectorState.IDLE
         self._message = self.backend.notice or "Idle"
+        self._backend_message = self.backend.notice
         self._acquisitions = 0
         self._processed = 0
         self._unique_id = 0
@@ -197,6 +252,7 @@ class Acquisition:
             runner.close()
         for thread in self._threads:
             thread.join(timeout=JOIN_S)
+        self.backend.close()
 
     def __enter__(self) -> Acquisition:
         return self.open()
@@ -302,7 +358,11 @@ class Acquisition:
             shape, dtype = self.image_shape, self.image_dtype
             if self._pool is None or not self._pool.fits(shape, dtype):
                 self._pool = ImagePool(self._image_buffers, shape, dtype, self.backend.host_empty)
-            processor = self._processor(settings)
+            try:
+                processor = self._processor(settings)
+            except GpuError as exc:  # out of memory, a lost device: shown as the node's error
+                self._fail(f"acquisition refused: {exc}")
+                raise
             for ring, counters in zip(self._rings, self._counters, strict=True):
                 ring.reset()
                 counters.reset_acquisition()
@@ -335,13 +395,73 @@ class Acquisition:
 
     def _processor(self, settings: AcquireSettings) -> FrameProcessor:
         """The backend's processor; without the engine's own corrections, wrapped to offer
-        raw frames to the references and run Proc1's steps."""
+        raw frames to the references and run Proc1's steps. A conveyor is used as it is
+        unless Proc1 has steps (the pipeline thread then offers its images to the
+        references itself)."""
         if settings.corrections.shape is not None:
             return self.backend.processor(self.layout, settings.bit_depth, settings.corrections)
         inner = self.backend.processor(self.layout, settings.bit_depth, Corrections())
+        if settings.process is None and isinstance(inner, Conveyor):
+            return inner
         return ProcessingProcessor(inner, settings.process, self.image_shape,
                                    dtype_for_depth(settings.bit_depth), self._references,
                                    self._recursive)
+
+    # -- backend --------------------------------------------------------------------------
+
+    @property
+    def backend_choice(self) -> str:
+        """What the node was asked to run on: Auto, CPU or GPU (``backend.name`` runs)."""
+        return self.backend.choice
+
+    def select_backend(self, choice: str) -> Backend:
+        """Run the pipeline on ``choice`` (Auto, CPU or GPU, any case) from the next
+        acquisition: refused while acquiring, and GPU where none is usable (the reason is kept
+        as the backend message); Auto takes the GPU where one is usable, else the CPU, saying
+        why. Blocks while a new GPU backend compiles its kernels (run it off the IOC's loop)."""
+        wanted = {c.lower(): c for c in BACKEND_CHOICES}.get(choice.strip().lower())
+        if wanted is None:
+            raise ConfigError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got "
+                              f"{choice!r}")
+        self._refuse_while_acquiring(wanted)
+        current = self.backend
+        if current.choice == wanted and current.status().error is None:
+            return current
+        keep = (current.name == wanted or (current.name == "GPU" and wanted == "Auto")) \
+            and current.status().error is None
+        try:
+            backend = current if keep else make_backend(wanted)
+            if backend is not current:
+                backend.warm_up()
+                for ring in self._rings:  # made by the old backend: page-lock them now
+                    backend.pin(ring.slots)
+        except Exception as exc:  # ConfigError (no device), GpuError, a driver's own error
+            self._backend_message = f"{wanted} refused: {exc}"
+            log.warning("backend %s refused: %s", wanted, exc)
+            raise ConfigError(self._backend_message) from exc
+        backend.choice = wanted
+        with self._lock:
+            if self.acquiring:
+                if backend is not current:
+                    backend.close()
+                self._refuse_while_acquiring(wanted)
+            self.backend = backend
+            if backend is not current:
+                self._pool = None  # the next start allocates it with the new backend
+        if backend is not current:
+            current.close()
+        notice = backend.notice if wanted == "Auto" else ""  # why Auto runs on the CPU
+        self._backend_message = notice
+        if not self.acquiring and self._state is not DetectorState.ERROR:
+            self._message = notice or f"Backend: {backend.name}"
+        log.info("backend %s chosen: the pipeline runs on the %s", wanted, backend.name)
+        return backend
+
+    def _refuse_while_acquiring(self, wanted: str) -> None:
+        if self.acquiring:
+            self._backend_message = (f"{wanted} refused: the backend cannot change while "
+                                     "acquiring")
+            raise ConfigError(self._backend_message)
 
     # -- NDPluginProcess (Proc1:) -------------------------------------------------------------
 
@@ -443,6 +563,7 @@ class Acquisition:
               for c in self._consumers),
         ]
         writer = self.writer
+        gpu = self.backend.status()
         return Status(
             state=self._state, message=self._message, backend=self.backend.name,
             bit_depth=self.settings.bit_depth, frames_received=received,
@@ -452,7 +573,8 @@ class Acquisition:
             corrupt_frames=corrupt, frame_rate_hz=fps, throughput_gbps=bps * 8 / 1e9,
             unique_id=self._unique_id, modules=counters, stages=stages, capture=writer.status,
             buffer_used=ring_used, buffer_size=ring_size, acquisition=self._acquisitions,
-            num_filtered=self._recursive.num_filtered,
+            num_filtered=self._recursive.num_filtered, backend_choice=self.backend.choice,
+            gpu=gpu, backend_message=gpu.error or self._backend_message,
         )
 
     # -- the pipeline thread ----------------------------------------------------------------
@@ -461,38 +583,19 @@ class Acquisition:
                       processor: FrameProcessor, pool: ImagePool | None) -> None:
         assert pool is not None
         try:
-            while settings.n_images == 0 or self._processed < settings.n_images:
-                frame_set = self._matcher.next_set(self._abort)
-                if frame_set is None:
-                    break
-                index = self._image_slot(pool)
-                if index is None:
-                    self._matcher.release(frame_set)
-                    break
-                t0 = time.perf_counter()
-                processor.process([ring.slots[slot] for ring, (slot, _) in
-                                   zip(self._rings, frame_set, strict=True)], pool.images[index])
-                self._matcher.release(frame_set)
-                self._decode.add(time.perf_counter() - t0)
-                self._unique_id += 1
-                header = frame_set[0][1]
-                info = FrameInfo(self._unique_id, header.frame_number, header.timestamp_ns,
-                                 int(header.image_key), header.angle_deg, number,
-                                 header.has_tomo)
-                self._frame_times.add(info.unique_id, info.timestamp_ns)
-                frame = Frame(info, pool.images[index])
-                last = bool(settings.n_images) and self._processed + 1 == settings.n_images
-                now = time.monotonic()
-                for slot in self._stages:
-                    slot.run(frame, now, last)
-                for runner in self._consumers:
-                    runner.offer(pool, index, info)
-                pool.release(index)
-                self._processed += 1
+            if isinstance(processor, Conveyor):
+                self._run_conveyor(settings, processor, pool, number)
+            else:
+                self._run_frames(settings, processor, pool, number)
         except Exception as exc:  # keep the IOC alive; the reason goes to the status PV
             log.exception("pipeline failed")
             self._fail(f"pipeline failed: {exc}")
         finally:
+            if isinstance(processor, Conveyor):
+                try:
+                    processor.close()
+                except Exception as exc:
+                    log.warning("closing the GPU processor: %s", exc)
             self._sink.armed.clear()
             if self._abort.is_set() and self.detector is not None:
                 self.detector.stop()
@@ -505,6 +608,156 @@ class Acquisition:
             ended = AcquisitionEnded(number, self._state, self._message, self._processed)
             self._idle.set()  # first: a start made when the event arrives must find it idle
             self._emit(ended)
+
+    def _run_frames(self, settings: AcquireSettings, processor: FrameProcessor,
+                    pool: ImagePool, number: int) -> None:
+        """One frame at a time: process, then the stages and the consumers."""
+        while settings.n_images == 0 or self._processed < settings.n_images:
+            frame_set = self._matcher.next_set(self._abort)
+            if frame_set is None:
+                break
+            index = self._image_slot(pool)
+            if index is None:
+                self._matcher.release(frame_set)
+                break
+            t0 = time.perf_counter()
+            processor.process([ring.slots[slot] for ring, (slot, _) in
+                               zip(self._rings, frame_set, strict=True)], pool.images[index])
+            self._matcher.release(frame_set)
+            self._decode.add(time.perf_counter() - t0)
+            info = self._frame_info(frame_set, number)
+            frame = Frame(info, pool.images[index])
+            last = bool(settings.n_images) and self._processed + 1 == settings.n_images
+            now = time.monotonic()
+            for slot in self._stages:
+                slot.run(frame, now, last)
+            self._hand_on(pool, index, info)
+
+    def _run_conveyor(self, settings: AcquireSettings, conveyor: Conveyor, pool: ImagePool,
+                      number: int) -> None:
+        """Frames in flight on the device: frame k+1 is submitted before frame k is
+        collected (up to ``max_in_flight``); a frame not there at once (one ring) or no pool
+        image free lets the oldest one be collected first. Frames in flight when the
+        acquisition stops are still collected and handed on; after a failure they are let go."""
+        in_flight: deque[_InFlight] = deque()
+        offer_raw = settings.corrections.shape is None  # the images are the raw frames
+        one_ring = len(self._rings) == 1
+        submitted = 0
+        try:
+            while True:
+                more = settings.n_images == 0 or submitted < settings.n_images
+                if in_flight and (not more or len(in_flight) >= conveyor.max_in_flight):
+                    self._deliver(conveyor, in_flight.popleft(), pool, offer_raw)
+                    continue
+                if not more:
+                    break
+                waiting = _OneWait(self._abort) if in_flight and one_ring else self._abort
+                frame_set = self._matcher.next_set(waiting)
+                if frame_set is None:
+                    if in_flight and not self._abort.is_set():
+                        self._deliver(conveyor, in_flight.popleft(), pool, offer_raw)
+                        continue
+                    break
+                index = self._free_image(pool, conveyor, in_flight, offer_raw)
+                if index is None:
+                    self._matcher.release(frame_set)
+                    break
+                last = bool(settings.n_images) and submitted + 1 == settings.n_images
+                try:
+                    in_flight.append(self._submit(conveyor, frame_set, pool, index, number,
+                                                  last))
+                except BaseException:
+                    self._matcher.release(frame_set)
+                    pool.release(index)
+                    raise
+                submitted += 1
+            while in_flight:  # stopped: what is on the device still reaches the consumers
+                self._deliver(conveyor, in_flight.popleft(), pool, offer_raw)
+        finally:
+            for item in in_flight:  # a failure: give back what the lost frames held
+                self._matcher.release(item.frame_set)
+                pool.release(item.index)
+
+    def _submit(self, conveyor: Conveyor, frame_set: FrameSet, pool: ImagePool, index: int,
+                number: int, last: bool) -> _InFlight:
+        """Queue one frame, with the stats and preview of the stages due on it."""
+        t0 = time.perf_counter()
+        now = time.monotonic()
+        due = tuple(slot.due(now, last) for slot in self._stages)
+        for slot, run in zip(self._stages, due, strict=True):
+            if run:
+                slot.last_run = now
+        wanted = {slot.stage for slot, run in zip(self._stages, due, strict=True) if run}
+        ticket = conveyor.submit(
+            [([ring.slots[slot] for ring, (slot, _) in zip(self._rings, frame_set, strict=True)],
+              pool.images[index])],
+            self._stats.region if self._stats in wanted else None,
+            self._preview.factor if self._preview in wanted else None)
+        info = self._frame_info(frame_set, number)
+        return _InFlight(ticket, frame_set, index, info, due, time.perf_counter() - t0)
+
+    def _deliver(self, conveyor: Conveyor, item: _InFlight, pool: ImagePool,
+                 offer_raw: bool) -> None:
+        """Collect a frame from the device; its stages (the device's results where it computed
+        them) and consumers."""
+        t0 = time.perf_counter()
+        try:
+            result = conveyor.collect(item.ticket)
+        except BaseException:
+            pool.release(item.index)  # the frame is lost with the device
+            raise
+        finally:
+            self._matcher.release(item.frame_set)
+        self._decode.add(item.submit_s + time.perf_counter() - t0)
+        image = pool.images[item.index]
+        if offer_raw:
+            self._references.offer(image)
+        frame = Frame(item.info, image)
+        for slot, run in zip(self._stages, item.due, strict=True):
+            if not run:
+                slot.skipped += 1
+            elif not self._accept(slot, item.info.unique_id, result):
+                slot.run_now(frame)  # not computed on the device: on the host, as before
+        self._hand_on(pool, item.index, item.info)
+
+    def _accept(self, slot: _StageSlot, unique_id: int, result: FrameResult) -> bool:
+        """Hand a stage what the device computed for it; False when it computed nothing."""
+        if slot.stage is self._stats and result.stats is not None:
+            self._stats.accept(unique_id, result.stats)
+        elif slot.stage is self._preview and result.preview is not None:
+            self._preview.accept(unique_id, result.preview)
+        else:
+            return False
+        slot.ran(result.gpu_ms.get(slot.stage.name, 0.0) / 1e3)
+        return True
+
+    def _free_image(self, pool: ImagePool, conveyor: Conveyor, in_flight: deque[_InFlight],
+                    offer_raw: bool) -> int | None:
+        """A pool image for the next frame; while none is free, frames in flight are
+        collected (they hold images too); None once aborted."""
+        while not self._abort.is_set():
+            index = pool.acquire(0 if in_flight else POLL_S)
+            if index is not None:
+                return index
+            if in_flight:
+                self._deliver(conveyor, in_flight.popleft(), pool, offer_raw)
+        return None
+
+    def _frame_info(self, frame_set: FrameSet, number: int) -> FrameInfo:
+        """The next unique id for a frame set, its header's numbers and time."""
+        self._unique_id += 1
+        header = frame_set[0][1]
+        info = FrameInfo(self._unique_id, header.frame_number, header.timestamp_ns,
+                         int(header.image_key), header.angle_deg, number, header.has_tomo)
+        self._frame_times.add(info.unique_id, info.timestamp_ns)
+        return info
+
+    def _hand_on(self, pool: ImagePool, index: int, info: FrameInfo) -> None:
+        """Offer a processed image to the consumers and let the pipeline's hold go."""
+        for runner in self._consumers:
+            runner.offer(pool, index, info)
+        pool.release(index)
+        self._processed += 1
 
     def _image_slot(self, pool: ImagePool) -> int | None:
         while not self._abort.is_set():
@@ -520,7 +773,7 @@ class Acquisition:
             n_modules=layout.n_modules, module_shape=layout.module.shape,
             layout=f"{layout.modules_x}x{layout.modules_y} modules",
             module_origins=tuple(layout.module_origin(m) for m in range(layout.n_modules)),
-            definition=capture.definition, mx=capture.mx,
+            definition=capture.definition, mx=capture.mx, sample_name=capture.sample_name,
             processing=s.process.record() if s.process is not None else {},
         )
 

@@ -3,6 +3,9 @@
 A :class:`Stage` works on the pooled image in place or reads it; it must not keep the image
 past :meth:`Stage.process`. Stages that only feed displays (statistics, the preview) are
 rate-limited by the engine (``interval_s``); a stage of every frame has ``interval_s`` None.
+When the backend's processor is a conveyor (the GPU), the engine asks it for the statistics
+of :attr:`StatsStage.region` and the preview binned by :attr:`PreviewStage.factor` of the
+frames these stages are due on, and hands the results to their ``accept``.
 """
 
 from __future__ import annotations
@@ -63,10 +66,19 @@ class StatsStage:
     def interval_s(self) -> float:
         return self._interval()
 
+    @property
+    def region(self) -> RoiSettings:
+        """The region the next statistics cover (a GPU computes them from it)."""
+        return self._region()
+
     def process(self, frame: Frame) -> None:
         r = self._region()
         region = roi(frame.image, r.min_x, r.min_y, r.size_x, r.size_y, r.bin_x, r.bin_y)
         self.latest = (frame.info.unique_id, compute_stats(region))
+
+    def accept(self, unique_id: int, stats: Stats) -> None:
+        """Statistics of frame ``unique_id`` computed elsewhere (on the GPU)."""
+        self.latest = (unique_id, stats)
 
 
 class PreviewStage:
@@ -82,8 +94,17 @@ class PreviewStage:
     def interval_s(self) -> float:
         return self._interval()
 
+    @property
+    def factor(self) -> int:
+        """The binning of the next preview (a GPU bins it)."""
+        return self._factor()
+
     def process(self, frame: Frame) -> None:
         preview = bin_for_preview(frame.image, self._factor())
         if preview is frame.image:  # unbinned: the pooled buffer will be reused, keep a copy
             preview = preview.copy()
         self.latest = (frame.info.unique_id, preview)
+
+    def accept(self, unique_id: int, preview: np.ndarray) -> None:
+        """The preview of frame ``unique_id`` binned elsewhere (on the GPU): kept as given."""
+        self.latest = (unique_id, preview)

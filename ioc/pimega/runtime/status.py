@@ -1,9 +1,15 @@
-"""Snapshots the engine hands out: plain data, safe to read from any thread."""
+"""Snapshots the engine hands out: plain data, safe to read from any thread.
+
+:class:`~pimega.pipeline.backend.BackendStatus` (the GPU's figures) is the backend's own
+snapshot, handed on as it is.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from pimega.pipeline.backend import BackendStatus
 
 
 class DetectorState(StrEnum):
@@ -69,3 +75,6 @@ class Status:
     buffer_size: int = 0
     acquisition: int = 0
     num_filtered: int = 0  # frames in Proc1's recursive filter since its reset
+    backend_choice: str = ""  # what was asked for (Auto, CPU, GPU); ``backend`` is what runs
+    gpu: BackendStatus = field(default_factory=BackendStatus)  # the device's (CPU: empty)
+    backend_message: str = ""  # why the GPU does not run, or how it failed ("" if neither)

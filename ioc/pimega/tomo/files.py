@@ -14,6 +14,7 @@ reconstructed band by band. Invalid frames (key 3) are skipped.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,9 @@ from pimega.core.wire import ImageKey
 
 from .errors import ScanError
 from .normalize import mean_frame
+
+with contextlib.suppress(ImportError):  # HDF5 then decodes the files' LZ4/Blosc/BSLZ4 chunks
+    import hdf5plugin  # noqa: F401
 
 RADIAN_UNITS = {"rad", "radian", "radians"}
 

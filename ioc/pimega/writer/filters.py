@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import h5py
-import hdf5plugin
 import numpy as np
 
 from pimega.core.errors import ConfigError
@@ -23,8 +22,11 @@ COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 BLOSC_COMPRESSORS = ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")
 #: Blosc's shuffles in ADCore's BloscShuffle order.
 BLOSC_SHUFFLES = ("none", "byte", "bit")
-_BLOSC_SHUFFLE = {"none": hdf5plugin.Blosc.NOSHUFFLE, "byte": hdf5plugin.Blosc.SHUFFLE,
-                  "bit": hdf5plugin.Blosc.BITSHUFFLE}
+#: hdf5plugin's Blosc shuffle values (NOSHUFFLE, SHUFFLE, BITSHUFFLE).
+_BLOSC_SHUFFLE = {"none": 0, "byte": 1, "bit": 2}
+#: Compressions whose HDF5 filters come from hdf5plugin (imported when one is used: a
+#: machine without it still writes the others).
+_PLUGIN_FILTERS = frozenset({"lz4", "blosc", "bslz4"})
 #: Bytes a compressor may add to a frame that does not compress, beyond 1/8 of it.
 _EXPANSION_BYTES = 4096
 
@@ -69,6 +71,18 @@ def check_compression(name: str) -> None:
                           "provides an HDF5 JPEG filter")
     if name == "szip" and not h5py.h5z.filter_avail(h5py.h5z.FILTER_SZIP):
         raise ConfigError("szip compression is not available: this HDF5 has no szip encoder")
+    if name in _PLUGIN_FILTERS:
+        _hdf5plugin()
+
+
+def _hdf5plugin() -> Any:
+    """hdf5plugin, its filters registered with HDF5; refused with the reason when missing."""
+    try:
+        import hdf5plugin
+    except ImportError as exc:
+        raise ConfigError(f"LZ4, Blosc and BSLZ4 need hdf5plugin, which does not load here: "
+                          f"{exc}") from None
+    return hdf5plugin
 
 
 def chunk_bound(compression: str, frame_nbytes: int) -> int:
@@ -84,15 +98,15 @@ def filter_arguments(compression: str, options: CompressionOptions) -> dict[str,
         return {"compression": "gzip", "compression_opts": options.zlib_level}
     if compression == "szip":
         return {"compression": "szip", "compression_opts": ("nn", options.szip_pixels)}
+    if compression not in _PLUGIN_FILTERS:
+        return {}
+    plugin = _hdf5plugin()
     if compression == "lz4":
-        return dict(hdf5plugin.LZ4())
+        return dict(plugin.LZ4())
     if compression == "blosc":
-        cname: Any = options.blosc_compressor  # checked against BLOSC_COMPRESSORS
-        return dict(hdf5plugin.Blosc(cname=cname, clevel=options.blosc_level,
-                                     shuffle=_BLOSC_SHUFFLE[options.blosc_shuffle]))
-    if compression == "bslz4":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    return {}
+        return dict(plugin.Blosc(cname=options.blosc_compressor, clevel=options.blosc_level,
+                                 shuffle=_BLOSC_SHUFFLE[options.blosc_shuffle]))
+    return dict(plugin.Bitshuffle(cname="lz4"))
 
 
 def create_nbit_dataset(group: h5py.Group, name: str, frame_shape: tuple[int, int],

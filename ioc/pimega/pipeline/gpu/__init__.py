@@ -1,8 +1,9 @@
-"""The GPU backend: numba-cuda kernels (:mod:`.kernels`) driven through CuPy (:mod:`.backend`).
+"""The GPU backend: numba-cuda kernels (:mod:`.kernels`) on a device (:mod:`.device`: CuPy, or
+numba-cuda's own API and its simulator), driven by the conveyor of :mod:`.backend`.
 
 Importing this package imports neither CuPy nor numba-cuda; making a :class:`GpuBackend` does.
 """
 
-from .backend import FrameResult, GpuBackend, GpuError, GpuProcessor, Ticket
+from .backend import STAGES, FrameResult, GpuBackend, GpuError, GpuProcessor, Ticket
 
-__all__ = ["FrameResult", "GpuBackend", "GpuError", "GpuProcessor", "Ticket"]
+__all__ = ["STAGES", "FrameResult", "GpuBackend", "GpuError", "GpuProcessor", "Ticket"]

@@ -1,13 +1,15 @@
-"""The ``gpu`` backend: CuPy device memory, pinned host memory, streams and events; the
-numba-cuda kernels of :mod:`.kernels`. CuPy is imported here only, when a backend is made.
+"""The ``gpu`` backend: the numba-cuda kernels of :mod:`.kernels` on a :class:`~.device.Device`
+(CuPy memory, pinned memory, streams and events on a GPU; numba-cuda's own API on a GPU
+without CuPy and under numba-cuda's simulator, so that CI runs the whole conveyor).
 
 :class:`GpuBackend` (``pipeline.backend.Backend``): ``name`` ("GPU"), ``host_empty`` (pinned
-arrays for frame rings and image pools), ``warm_up``, ``processor``, ``status``, ``close``.
-Made without CuPy, numba-cuda or a device, it raises
-:class:`~pimega.core.errors.ConfigError` saying which, so ``auto`` can fall back to the CPU.
-A device that fails later raises :class:`GpuError`.
+arrays for frame rings and image pools), ``pin``, ``warm_up``, ``processor``, ``status``,
+``close``. Made without numba-cuda or a device, it raises
+:class:`~pimega.core.errors.ConfigError` saying why, so ``auto`` can fall back to the CPU.
+A device that fails later (out of memory, lost, hung) raises :class:`GpuError`.
 
-:class:`GpuProcessor` is the conveyor of one acquisition, its buffers allocated when made:
+:class:`GpuProcessor` is the conveyor of one acquisition (``pipeline.backend.Conveyor``), its
+buffers allocated when made:
 
 - ``submit(frames, roi=None, preview_factor=None) -> Ticket`` queues a batch of 1 to
   ``batch_size`` frames, each ``(payloads, out)``: ``payloads`` one contiguous uint8 1-D view
@@ -19,7 +21,7 @@ A device that fails later raises :class:`GpuError`.
   Payloads and ``out`` must stay untouched until the ticket is collected.
 - ``collect(ticket) -> FrameResult`` waits for the batch (polling its last event: a lost or
   hung device raises :class:`GpuError`, never hangs); the ``out`` images are then filled, and
-  the result holds the stats and preview asked for, else None.
+  the result holds the stats and preview asked for, else None, and the batch's GPU times.
 - ``process(payloads, out) -> None``: one frame, submitted and collected (the
   ``FrameProcessor`` protocol of ``pipeline.backend``).
 
@@ -37,7 +39,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,8 +47,14 @@ import numpy.typing as npt
 from pimega.core.bitpack import dtype_for_depth
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry, check_bit_depth
+from pimega.pipeline.backend import BackendStatus, FrameResult, Roi
 from pimega.pipeline.correct import Corrections, output_dtype
 from pimega.pipeline.stats import Stats, clip_span, stats_from_moments
+
+from .device import Device, open_device
+
+__all__ = ["SLOTS", "SPANS", "STAGES", "FrameResult", "GpuBackend", "GpuError",
+           "GpuProcessor", "Roi", "Ticket", "WholeImage", "stats_from_result"]
 
 #: The steps the conveyor times, each between two events of a batch.
 SPANS = {"h2d": ("h2d", "h2d_end"), "assemble": ("compute", "assemble"),
@@ -55,28 +63,10 @@ SPANS = {"h2d": ("h2d", "h2d_end"), "assemble": ("compute", "assemble"),
 STAGES = tuple(SPANS)
 SLOTS = 3
 _POLL_S = 2e-4
-_H2D, _D2H = 1, 2  # cudaMemcpyKind
 
 
 class GpuError(PimegaError):
     """The GPU failed: out of memory, lost, or a batch that did not finish in time."""
-
-
-class Roi(Protocol):
-    """An NDROI region as ``pimega.pipeline.stats.roi`` takes it (size ≤ 0: to the edge)."""
-
-    @property
-    def min_x(self) -> int: ...
-    @property
-    def min_y(self) -> int: ...
-    @property
-    def size_x(self) -> int: ...
-    @property
-    def size_y(self) -> int: ...
-    @property
-    def bin_x(self) -> int: ...
-    @property
-    def bin_y(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -89,14 +79,6 @@ class WholeImage:
     min_y: int = 0
     size_x: int = 0
     size_y: int = 0
-
-
-@dataclass(frozen=True, eq=False)
-class FrameResult:
-    """What a batch's last image yielded: its stats and preview where asked for."""
-
-    stats: Stats | None = None
-    preview: np.ndarray | None = None
 
 
 @dataclass(eq=False)
@@ -144,7 +126,8 @@ class _Extremes:
 
 
 class GpuBackend:
-    """CuPy + numba-cuda on the current CUDA device (see the module docstring).
+    """numba-cuda kernels on a :class:`~.device.Device` (see the module docstring): the one
+    :func:`~.device.open_device` finds unless ``device`` is given.
 
     ``batch_size``: most frames a processor takes per ``submit``; ``timeout_s``: the longest
     wait for the device before :class:`GpuError`.
@@ -153,47 +136,43 @@ class GpuBackend:
     name = "GPU"
     notice = ""
 
-    def __init__(self, batch_size: int = 4, timeout_s: float = 10.0) -> None:
+    def __init__(self, batch_size: int = 4, timeout_s: float = 10.0,
+                 device: Device | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"GPU batch size must be ≥ 1, got {batch_size}")
+        self.device = device or open_device()
         try:
-            import cupy  # pyright: ignore[reportMissingImports]
-            import cupyx  # pyright: ignore[reportMissingImports]
-        except ImportError as exc:
-            raise ConfigError(f"GPU backend unavailable: CuPy not installed ({exc})") from exc
-        try:
-            from numba import cuda
-            from numba.cuda.cudadrv import driver, error
-
             from . import kernels
         except ImportError as exc:
             raise ConfigError(f"GPU backend unavailable: numba-cuda not installed ({exc})"
                               ) from exc
-        try:
-            count = cupy.cuda.runtime.getDeviceCount()
-        except cupy.cuda.runtime.CUDARuntimeError as exc:
-            raise ConfigError(f"GPU backend unavailable: no CUDA device ({exc})") from exc
-        if count < 1:
-            raise ConfigError("GPU backend unavailable: no CUDA device")
-        if batch_size < 1:
-            raise ConfigError(f"GPU batch size must be ≥ 1, got {batch_size}")
-        self.cp, self.cupyx, self.cuda, self.kernels = cupy, cupyx, cuda, kernels
-        self._errors = (cupy.cuda.runtime.CUDARuntimeError, cupy.cuda.driver.CUDADriverError,
-                        driver.CudaAPIError, error.CudaSupportError)
+        self.kernels = kernels
+        self.choice = "GPU"
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.meters = _Meters()
         self.failure: str | None = None
         self._processors: weakref.WeakSet[GpuProcessor] = weakref.WeakSet()
-        with self.device_errors("reading the device's properties"):
-            device = cupy.cuda.Device().id
-            self.device_name = cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
+
+    @property
+    def device_name(self) -> str:
+        return self.device.name
 
     def host_empty(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """An uninitialised NumPy array in pinned (page-locked) host memory."""
         with self.device_errors(f"allocating pinned host memory for {shape} {dtype}"):
-            return self.cupyx.empty_pinned(shape, dtype=dtype)
+            return self.device.pinned(shape, dtype)
+
+    def pin(self, array: np.ndarray) -> None:
+        """Page-lock ``array`` (frame rings made by another backend) until :meth:`close`."""
+        with self.device_errors(f"pinning {array.nbytes} bytes of host memory"):
+            self.device.pin(array)
 
     def warm_up(self) -> None:
-        """Compile every kernel, for every depth, raw and corrected, on a tiny geometry."""
+        """Compile every kernel, for every depth, raw and corrected, on a tiny geometry (the
+        simulator compiles nothing: it runs the kernels' Python)."""
+        if self.device.simulated:
+            return
         layout = ArrayLayout(ModuleGeometry(2, 2, 8))
         mask = np.zeros(layout.shape, bool)
         for depth in BIT_DEPTHS:
@@ -209,58 +188,64 @@ class GpuBackend:
     def processor(self, layout: ArrayLayout, bit_depth: int,
                   corrections: Corrections) -> GpuProcessor:
         """The conveyor for one acquisition, its device buffers allocated now; :meth:`status`
-        reports on the newest one."""
+        reports on the newest one (a failure of an earlier one is forgotten)."""
+        self.failure = None
         processor = GpuProcessor(self, layout, bit_depth, corrections)
         self._processors.add(processor)
         return processor
 
-    def status(self) -> dict[str, Any]:
-        """Device name, memory used / total (bytes, the whole device), frames in flight,
-        host→device GB/s, and GPU ms per stage of :data:`STAGES` (per frame; for stats and
-        preview per image measured); ``error``: the failure, if one happened."""
+    def status(self) -> BackendStatus:
+        """Device name, memory used / total (bytes: the whole device's where it says), frames
+        in flight, host→device GB/s, and GPU ms per stage of :data:`STAGES` (per frame; for
+        stats and preview per image measured); ``error``: the failure, if one happened."""
         try:
             with self.device_errors("reading the memory use"):
-                free, total = self.cp.cuda.runtime.memGetInfo()
+                used, total = self.device.memory()
         except GpuError:
-            free = total = 0
+            used = total = 0
         meters = self.meters
         h2d_s = meters.ms["h2d"] / 1e3
-        return {
-            "device": self.device_name,
-            "memory_used_bytes": total - free,
-            "memory_total_bytes": total,
-            "frames_in_flight": meters.in_flight,
-            "h2d_gb_s": meters.h2d_bytes / h2d_s / 1e9 if h2d_s > 0 else 0.0,
-            "gpu_ms_per_frame": {stage: meters.ms[stage] / meters.counts[stage]
-                                 if meters.counts[stage] else 0.0 for stage in STAGES},
-            "error": self.failure,
-        }
+        return BackendStatus(
+            device=f"{self.device.name} ({self.device.library})",
+            memory_used_bytes=used, memory_total_bytes=total,
+            frames_in_flight=meters.in_flight,
+            h2d_gb_s=meters.h2d_bytes / h2d_s / 1e9 if h2d_s > 0 else 0.0,
+            gpu_ms_per_frame={stage: meters.ms[stage] / meters.counts[stage]
+                              if meters.counts[stage] else 0.0 for stage in STAGES},
+            error=self.failure,
+        )
 
     def close(self) -> None:
-        """Close the processors still open and hand the pools' memory back to the device."""
+        """Close the processors still open, unpin what was pinned, hand the pools' memory
+        back to the device."""
         for processor in list(self._processors):
             processor.close()
-        self.cp.get_default_memory_pool().free_all_blocks()
-        self.cp.get_default_pinned_memory_pool().free_all_blocks()
+        try:
+            with self.device_errors("releasing memory"):
+                self.device.release()
+        except GpuError:
+            pass  # a lost device keeps nothing worth handing back
 
     @contextmanager
     def device_errors(self, doing: str) -> Iterator[None]:
         """Turn a CUDA failure while ``doing`` into :class:`GpuError`, kept in ``failure``."""
-        cp = self.cp
         try:
             yield
-        except cp.cuda.memory.OutOfMemoryError as exc:
-            self.failure = f"out of GPU memory {doing}: {exc}"
-            raise GpuError(self.failure) from exc
-        except self._errors as exc:
-            self.failure = f"GPU failed {doing} (device lost?): {exc}"
+        except GpuError:
+            raise
+        except Exception as exc:
+            kind = self.device.classify(exc)
+            if kind is None:
+                raise
+            self.failure = (f"out of GPU memory {doing}: {exc}" if kind == "oom"
+                            else f"GPU failed {doing} (device lost?): {exc}")
             raise GpuError(self.failure) from exc
 
     def wait(self, event: Any, doing: str) -> None:
         """Wait for ``event`` by polling it: a lost device raises, a hung one times out."""
         deadline = time.monotonic() + self.timeout_s
         with self.device_errors(doing):
-            while not event.done:
+            while not self.device.done(event):
                 if time.monotonic() > deadline:
                     self.failure = f"GPU did not finish {doing} within {self.timeout_s} s"
                     raise GpuError(self.failure)
@@ -268,7 +253,7 @@ class GpuBackend:
 
 
 class _Slot:
-    """Device buffers (numba views of CuPy arrays) and events of one batch in the conveyor."""
+    """Device buffers and events of one batch in the conveyor."""
 
     def __init__(self, processor: GpuProcessor, payload_bytes: int) -> None:
         backend = processor.backend
@@ -280,7 +265,7 @@ class _Slot:
         self.result_host = backend.host_empty(result_size, np.float64)
         self.preview: Any = None  # made for the preview's shape, with its pinned host copy
         self.preview_host = np.empty((0, 0), processor.out_dtype)
-        self.events = {name: backend.cp.cuda.Event() for span in SPANS.values()
+        self.events = {name: backend.device.event() for span in SPANS.values()
                        for name in span}
         self.ticket: Ticket | None = None
 
@@ -288,12 +273,15 @@ class _Slot:
 class GpuProcessor:
     """The conveyor of one acquisition (see the module docstring), used by one thread."""
 
+    max_in_flight = SLOTS
+
     def __init__(self, backend: GpuBackend, layout: ArrayLayout, bit_depth: int,
                  corrections: Corrections) -> None:
         if corrections.shape not in (None, layout.shape):
             raise ConfigError(f"corrections of shape {corrections.shape} do not fit the "
                               f"{layout.shape} image")
         self.backend = backend
+        self.device = device = backend.device
         self.layout = layout
         self.bit_depth = check_bit_depth(bit_depth)
         self.batch_size = backend.batch_size
@@ -305,13 +293,11 @@ class GpuProcessor:
         self._has_bad = corrections.bad_pixel_mask is not None
         self._submitted = 0
         self._closed = False
-        backend.meters = _Meters()
-        cp, cuda = backend.cp, backend.cuda
+        self._meters = backend.meters = _Meters()  # status() shows the newest processor's
         with backend.device_errors(f"allocating buffers for {self.batch_size} frames of "
                                    f"{layout.shape}"):
-            self._h2d, self._compute, self._d2h = (cp.cuda.Stream(non_blocking=True)
-                                                   for _ in range(3))
-            self._nb_compute = cuda.external_stream(self._compute.ptr)
+            self._h2d, self._compute, self._d2h = (device.stream() for _ in range(3))
+            self._nb_compute = device.kernel_stream(self._compute)
             payload_bytes = self.batch_size * layout.n_modules * self.payload_size
             self._slots = [_Slot(self, payload_bytes) for _ in range(SLOTS)]
             self._raw = (self.device_empty((self.batch_size, *layout.shape),
@@ -321,13 +307,12 @@ class GpuProcessor:
             self._partial_sums = self.device_empty((k.MAX_PARTIALS, k.N_SUMS), np.float64)
             self._partial_at = self.device_empty((k.MAX_PARTIALS, 2), np.int64)
             self._binned: Any = None  # ROI bin sums, made for the ROI's shape
-            with self._compute:  # the derived arrays too, if CuPy computes them
-                unused = np.zeros((1, 1), np.float32)
-                self._dark = self._upload(corrections.dark_float if self._has_dark else unused)
-                self._denominator = self._upload(corrections.denominator if self._has_flat
-                                                 else unused)
-                self._bad = self._upload(corrections.bad_pixel_mask if self._has_bad
-                                         else np.zeros((1, 1), np.bool_))
+            unused = np.zeros((1, 1), np.float32)
+            self._dark = self._upload(corrections.dark_float if self._has_dark else unused)
+            self._denominator = self._upload(corrections.denominator if self._has_flat
+                                             else unused)
+            self._bad = self._upload(corrections.bad_pixel_mask if self._has_bad
+                                     else np.zeros((1, 1), np.bool_))
 
     def __enter__(self) -> GpuProcessor:
         return self
@@ -336,17 +321,13 @@ class GpuProcessor:
         self.close()
 
     def device_empty(self, shape: int | tuple[int, ...], dtype: Any) -> Any:
-        """A numba view of a new CuPy array, allocated on the compute stream (so the pool
-        hands its memory, once freed, only to later work on that stream)."""
-        with self._compute:
-            array = self.backend.cp.empty(shape, dtype)
-        return self.backend.cuda.as_cuda_array(array, sync=False)  # ordered by our events
+        """A device array, allocated on the compute stream (so a pool hands its memory, once
+        freed, only to later work on that stream); ordered by the conveyor's events."""
+        return self.device.empty(shape, dtype, self._compute)
 
     def _upload(self, array: Any) -> Any:
         """A correction array on the device, on the compute stream (which alone reads it)."""
-        cp = self.backend.cp
-        return self.backend.cuda.as_cuda_array(cp.ascontiguousarray(cp.asarray(array)),
-                                               sync=False)
+        return self.device.upload(np.asarray(array), self._compute)
 
     def process(self, payloads: Sequence[np.ndarray], out: np.ndarray) -> None:
         """Decode, assemble and correct one frame into ``out`` (``submit`` + ``collect``)."""
@@ -377,7 +358,7 @@ class GpuProcessor:
             self._copy_out(slot, ticket, [out for _, out in frames])
         slot.ticket = ticket
         self._submitted += 1
-        backend.meters.in_flight += len(frames)
+        self._meters.in_flight += len(frames)
         return ticket
 
     def collect(self, ticket: Ticket) -> FrameResult:
@@ -397,6 +378,7 @@ class GpuProcessor:
                 if slot.ticket is not None and self.backend.failure is None:
                     self._finish(slot.ticket)
         finally:
+            self._meters.in_flight = 0
             self._slots.clear()
             self._raw = self._binned = self._partial_sums = self._partial_at = None
             self._dark = self._denominator = self._bad = None
@@ -431,47 +413,47 @@ class GpuProcessor:
         return height // factor, width // factor
 
     def _copy_in(self, slot: _Slot, frames: Sequence[Sequence[np.ndarray]]) -> None:
-        memcpy, stream = self.backend.cp.cuda.runtime.memcpyAsync, self._h2d
-        slot.events["h2d"].record(stream)
-        base = _pointer(slot.payloads)
+        device, stream, size = self.device, self._h2d, self.payload_size
+        device.record(slot.events["h2d"], stream)
         for b, payloads in enumerate(frames):
             for m, payload in enumerate(payloads):
-                dst = base + (b * self.layout.n_modules + m) * self.payload_size
-                memcpy(dst, payload.ctypes.data, self.payload_size, _H2D, stream.ptr)
-        slot.events["h2d_end"].record(stream)
+                start = (b * self.layout.n_modules + m) * size
+                device.copy_h2d(slot.payloads[start : start + size], payload[:size], stream)
+        device.record(slot.events["h2d_end"], stream)
 
     def _process(self, slot: _Slot, n_frames: int, region: _Region | None,
                  preview_factor: int | None) -> None:
         """Queue decode + assemble, corrections, stats and preview on the compute stream."""
-        k, stream, nb = self.backend.kernels, self._compute, self._nb_compute
+        k, device, stream, nb = self.backend.kernels, self.device, self._compute, \
+            self._nb_compute
         events = slot.events
-        stream.wait_event(events["h2d_end"])
-        events["compute"].record(stream)
+        device.wait_event(stream, events["h2d_end"])
+        device.record(events["compute"], stream)
         images = slot.images[:n_frames]
         raw = images if self._raw is None else self._raw[:n_frames]
         k.assemble(nb, slot.payloads, self.layout.n_modules * self.payload_size,
                    self.payload_size, raw, self._geometry, self.bit_depth)
-        events["assemble"].record(stream)
+        device.record(events["assemble"], stream)
         if self._raw is not None:
             k.correct(nb, raw, images, self._dark, self._denominator, self._bad,
                       self._has_dark, self._has_flat, self._has_bad)
         elif self._has_bad:
             k.zero_bad(nb, images, self._bad)
-        events["correct"].record(stream)
+        device.record(events["correct"], stream)
         last = slot.images[n_frames - 1]
         if region is not None:
             self._stats(last, region, slot.result)
-        events["stats"].record(stream)
+        device.record(events["stats"], stream)
         if preview_factor is not None:
             self._preview(last, preview_factor, slot)
-        events["preview"].record(stream)
+        device.record(events["preview"], stream)
 
     def _stats(self, image: Any, region: _Region, result: Any) -> None:
         k, nb = self.backend.kernels, self._nb_compute
         y0, x0 = region.y0, region.x0
         if region.bin_y * region.bin_x > 1:  # the stats of the binned ROI, as roi() gives it
             shape = (region.rows, region.cols)
-            if self._binned is None or self._binned.shape != shape:
+            if self._binned is None or tuple(self._binned.shape) != shape:
                 wide = np.float64 if self.out_dtype.kind == "f" else np.uint64
                 self._binned = self.device_empty(shape, wide)
             k.bin_sums(nb, image, y0, x0, region.bin_y, region.bin_x, self._binned)
@@ -481,48 +463,44 @@ class GpuProcessor:
 
     def _preview(self, image: Any, factor: int, slot: _Slot) -> None:
         shape = self._preview_shape(factor)
-        if slot.preview is None or slot.preview.shape != shape:
+        if slot.preview is None or tuple(slot.preview.shape) != shape:
             slot.preview = self.device_empty(shape, self.out_dtype)
             slot.preview_host = self.backend.host_empty(shape, self.out_dtype)
         self.backend.kernels.bin_means(self._nb_compute, image, factor, slot.preview)
 
     def _copy_out(self, slot: _Slot, ticket: Ticket, outs: Sequence[np.ndarray]) -> None:
-        memcpy, stream = self.backend.cp.cuda.runtime.memcpyAsync, self._d2h
-        stream.wait_event(slot.events["preview"])
-        slot.events["d2h_start"].record(stream)
-        copies = [(out, slot.images[b]) for b, out in enumerate(outs)]
+        device, stream = self.device, self._d2h
+        device.wait_event(stream, slot.events["preview"])
+        device.record(slot.events["d2h_start"], stream)
+        for b, out in enumerate(outs):
+            device.copy_d2h(out, slot.images[b], stream)
         if ticket.roi_pixels:
-            copies.append((slot.result_host, slot.result))
+            device.copy_d2h(slot.result_host, slot.result, stream)
         if ticket.preview_shape is not None:
-            copies.append((slot.preview_host, slot.preview))
-        for host, device in copies:
-            memcpy(host.ctypes.data, _pointer(device), host.nbytes, _D2H, stream.ptr)
-        slot.events["d2h"].record(stream)
+            device.copy_d2h(slot.preview_host, slot.preview, stream)
+        device.record(slot.events["d2h"], stream)
 
     def _finish(self, ticket: Ticket) -> None:
         """Wait for ``ticket``'s batch, take its results, add up its GPU times."""
         backend = self.backend
         slot = self._slots[ticket.slot]
         backend.wait(slot.events["d2h"], "a batch")
-        meters = backend.meters
+        meters = self._meters
         once = {"stats": ticket.roi_pixels > 0, "preview": ticket.preview_shape is not None}
+        spans: dict[str, float] = {}
         with backend.device_errors("timing a batch"):
             for stage, (start, end) in SPANS.items():
                 if once.get(stage, True):
-                    meters.ms[stage] += backend.cp.cuda.get_elapsed_time(slot.events[start],
-                                                                         slot.events[end])
+                    spans[stage] = self.device.elapsed_ms(slot.events[start], slot.events[end])
+                    meters.ms[stage] += spans[stage]
                     meters.counts[stage] += 1 if stage in once else ticket.n_frames
         meters.h2d_bytes += ticket.n_frames * self.layout.n_modules * self.payload_size
         meters.in_flight -= ticket.n_frames
         ticket.result = FrameResult(
             stats_from_result(slot.result_host, ticket.roi_pixels) if ticket.roi_pixels else None,
-            slot.preview_host.copy() if ticket.preview_shape is not None else None)
+            slot.preview_host.copy() if ticket.preview_shape is not None else None,
+            spans)
         slot.ticket = None
-
-
-def _pointer(device_array: Any) -> int:
-    """Device address of the first element of a numba (or CuPy) device array."""
-    return device_array.__cuda_array_interface__["data"][0]
 
 
 def stats_from_result(result: np.ndarray, n_pixels: int) -> Stats:
