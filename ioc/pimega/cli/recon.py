@@ -21,7 +21,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import hdf5plugin  # noqa: F401  (registers bitshuffle-LZ4 for this project's compressed files)
 import numpy as np
 from tqdm import tqdm
 

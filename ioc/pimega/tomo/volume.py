@@ -15,7 +15,6 @@ import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pimega import __version__
 from pimega.core.errors import ConfigError
 
 from .centre import centre_from_pair, opposite_pair
@@ -120,7 +120,7 @@ class VolumeWriter:
         data.create_dataset("y", data=-pixels.astype(np.float32)).attrs["units"] = "pixel"
         process = entry.create_group("reconstruction")
         process.attrs["NX_class"] = "NXprocess"
-        process.update(program="pimega recon", version=version("pimega"), date=now)
+        process.update(program="pimega recon", version=__version__, date=now)
         stored = process.create_group("parameters")
         stored.attrs["NX_class"] = "NXparameters"
         for name, value in parameters.items():
