@@ -209,11 +209,27 @@ def test_single_mode_with_auto_save_writes_each_frame_into_its_own_file(pv, tmp_
         with h5py.File(tmp_path / f"single_{k + 1:06d}.h5") as f:
             np.testing.assert_array_equal(f["/entry/data/data"][()],
                                           [counter_array_image(LAYOUT, k, 12)])
-    acquire(pv, 1)  # AutoSave off: no new file
+    acquire(pv, 2)  # AutoSave off: no new file
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         f"single_{k:06d}.h5" for k in (1, 2, 3)]
-    pv("HDF1:WriteFile").put(1, wait=True, timeout=10)
-    assert "not available" in text(pv, "HDF1:WriteMessage")
+    newest = pv("cam1:UniqueId_RBV").get()
+
+    # WriteFile: the newest frame (the second of that acquisition) into the next file
+    assert pv("HDF1:WriteFile").put("Write", wait=True, timeout=10) is not None
+    assert text(pv, "HDF1:WriteFile_RBV") == "Done"
+    assert text(pv, "HDF1:FullFileName_RBV") == f"{tmp_path}/single_000004.h5"
+    assert pv("HDF1:FileNumber_RBV").get() == 5
+    with h5py.File(tmp_path / "single_000004.h5") as f:
+        np.testing.assert_array_equal(f["/entry/data/data"][()],
+                                      [counter_array_image(LAYOUT, 1, 12)])
+        assert f["/entry/instrument/detector/unique_id"][()].tolist() == [newest]
+
+    put(pv, "HDF1:FileWriteMode", "Stream")
+    pv("HDF1:WriteFile").put("Write", wait=True, timeout=10)
+    assert "in Single mode" in text(pv, "HDF1:WriteMessage")
+    pv("HDF1:ReadFile").put("Read", wait=True, timeout=10)
+    assert "ReadFile is not available" in text(pv, "HDF1:WriteMessage")
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 # --- 4. plugin counters and time stamps -------------------------------------------------

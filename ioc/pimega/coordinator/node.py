@@ -322,6 +322,10 @@ class ArrayNode:
             self._stop_asked = True
         self._submit(self._all(lambda link: link.put("cam1:Acquire", 0)))
 
+    def write_newest(self, settings: CaptureSettings) -> None:
+        raise ConfigError("WriteFile writes on each module node (its HDF1: PVs), not on the "
+                          "array coordinator: capture the array in Capture or Stream mode")
+
     def trigger(self) -> None:
         """One software trigger to every module (each refuses it outside External mode)."""
         if not self.acquiring or self.settings.trigger_mode != TriggerMode.EXTERNAL:

@@ -345,11 +345,28 @@ class HDF5Group(PluginGroup, HDF5Base):
         await self.busy.wait(number)
         await self.publish_capture(self.node.status())
 
-    @on_put("WriteFile", "ReadFile")
-    async def _write_or_read_file(self, name: str, value: str) -> str:
+    @on_put("WriteFile")
+    async def _write_file(self, name: str, value: str) -> str:
+        """Single mode: the newest frame into the next file, as NDFile writes the array it
+        holds; the put completes when the file is closed."""
+        if value != "Write":
+            return value
+        if self.pv("FileWriteMode").value != "Single":
+            raise ConfigError("WriteFile writes the newest frame in Single mode; in Capture "
+                              "and Stream modes frames are written as they come")
+        settings = self._capture_settings()
+        await asyncio.get_running_loop().run_in_executor(None, self.node.write_newest, settings)
+        if self.pv("AutoIncrement").value == "Yes":
+            await self.post("FileNumber", self._file_number + 1)
+        await self.post_many({"FullFileName_RBV": settings.filename, "WriteStatus": "Write OK",
+                              "WriteMessage": ""})
+        return "Done"
+
+    @on_put("ReadFile")
+    async def _read_file(self, name: str, value: str) -> str:
         if value != "Done":
-            raise ConfigError(f"{name} is not available: frames are written as they come "
-                              "(Single mode with AutoSave, Capture, Stream), never read back")
+            raise ConfigError("ReadFile is not available: this back-end writes frames, it "
+                              "does not read them back into the pipeline")
         return value
 
     async def publish_capture(self, status: Status) -> None:

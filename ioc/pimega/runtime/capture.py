@@ -52,6 +52,16 @@ class _Capture:
         return not (self.stopping or self.done.is_set()) and (n == 0 or self.routed < n)
 
 
+def write_frame_file(settings: CaptureSettings, metadata: NexusMetadata, frame: Frame) -> None:
+    """One frame into a NeXus file of its own, ``settings.filename`` (its compression)."""
+    info = frame.info
+    with NexusWriter(settings.filename, frame.image.shape, frame.image.dtype, metadata,
+                     compression=settings.compression,
+                     compression_options=settings.compression_options) as writer:
+        writer.write(frame.image, 0, info.timestamp_ns, info.image_key, info.angle_deg,
+                     unique_id=info.unique_id, detector_frame_number=info.frame_number)
+
+
 class FileWriter:
     """Consumer ``write``: frames of the open capture into its file; loses nothing."""
 
@@ -154,16 +164,8 @@ class FileWriter:
                                   capture.next_number)
         filename = full_file_name(naming.path, naming.name, naming.template, number)
         info = frame.info
-        s = capture.settings
-        writer = NexusWriter(filename, frame.image.shape, frame.image.dtype, capture.metadata,
-                             compression=s.compression, compression_options=s.compression_options)
-
-        def write() -> None:
-            with writer:
-                writer.write(frame.image, 0, info.timestamp_ns, info.image_key, info.angle_deg,
-                             unique_id=info.unique_id, detector_frame_number=info.frame_number)
-
-        if not self._guard(capture, write):
+        settings = replace(capture.settings, filename=filename)
+        if not self._guard(capture, lambda: write_frame_file(settings, capture.metadata, frame)):
             self.failed += 1
             return
         self.written += 1

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pimega.core.bitpack import dtype_for_depth
-from pimega.core.errors import ConfigError
+from pimega.core.errors import ConfigError, WriterError
 from pimega.core.frame import Frame, FrameInfo
 from pimega.core.geometry import ArrayLayout
 from pimega.ingest.counters import ModuleCounters
@@ -55,7 +55,7 @@ from pimega.pipeline.gpu import GpuError
 from pimega.pipeline.stats import Stats, preview_factor
 from pimega.writer.hdf5 import NexusMetadata
 
-from .capture import FileWriter
+from .capture import FileWriter, write_frame_file
 from .consumers import Consumer, ConsumerRunner
 from .detector import DetectorControl, TriggerInput, TriggerMode
 from .matcher import FrameMatcher, FrameSet
@@ -211,6 +211,8 @@ class Acquisition:
         self._processed = 0
         self._unique_id = 0
         self._frame_times = _FrameTimes()
+        self._newest: tuple[ImagePool, int, FrameInfo] | None = None  # held for WriteFile
+        self._newest_lock = threading.Lock()
         self._references = References()
         self._recursive = RecursiveFilter()
 
@@ -506,6 +508,16 @@ class Acquisition:
         """Flush the open file (SWMR readers see every frame written so far)."""
         return self.writer.flush(timeout)
 
+    def write_newest(self, settings: CaptureSettings) -> None:
+        """NDFile's WriteFile: the newest processed frame into ``settings.filename``."""
+        frame = self.newest_frame()
+        if frame is None:
+            raise ConfigError("no frame to write: none has been processed yet")
+        try:
+            write_frame_file(settings, self._metadata(settings), frame)
+        except (WriterError, OSError) as exc:
+            raise ConfigError(f"{settings.filename} not written: {exc}") from None
+
     # -- live reconstruction ----------------------------------------------------------------
 
     @property
@@ -553,7 +565,7 @@ class Acquisition:
             StageStatus("ingest", ingest_running, received, 0.0, ring_used, ring_size, lost,
                         error=not ingest_running),
             StageStatus("decode", running, self._decode.frames, 1e3 * self._decode.mean_s,
-                        pool.used if pool else 0, self._image_buffers, self._matcher.unmatched),
+                        self._images_waiting(pool), self._image_buffers, self._matcher.unmatched),
             *(StageStatus(s.stage.name, running, s.timer.frames, 1e3 * s.timer.mean_s, 0, 0,
                           s.timer.dropped, total=s.total, skipped=s.skipped)
               for s in self._stages),
@@ -753,11 +765,34 @@ class Acquisition:
         return info
 
     def _hand_on(self, pool: ImagePool, index: int, info: FrameInfo) -> None:
-        """Offer a processed image to the consumers and let the pipeline's hold go."""
+        """Offer a processed image to the consumers, keep it as the newest frame (its slot
+        held until the next one replaces it) and let the pipeline's hold go."""
         for runner in self._consumers:
             runner.offer(pool, index, info)
-        pool.release(index)
+        with self._newest_lock:
+            previous, self._newest = self._newest, (pool, index, info)
+        if previous is not None:
+            previous[0].release(previous[1])
         self._processed += 1
+
+    def _images_waiting(self, pool: ImagePool | None) -> int:
+        """Pool images in the pipeline or a consumer's queue (not the one kept as newest)."""
+        if pool is None:
+            return 0
+        newest = self._newest
+        return pool.used - (newest is not None and newest[0] is pool)
+
+    def newest_frame(self) -> Frame | None:
+        """A copy of the newest processed frame (None before the first)."""
+        with self._newest_lock:
+            if self._newest is None:
+                return None
+            pool, index, info = self._newest
+            pool.retain(index)  # the copy below runs outside the lock
+        try:
+            return Frame(info, pool.images[index].copy())
+        finally:
+            pool.release(index)
 
     def _image_slot(self, pool: ImagePool) -> int | None:
         while not self._abort.is_set():
