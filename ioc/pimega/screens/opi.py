@@ -141,9 +141,13 @@ def screens(n_modules: int) -> list[Screen]:
             [plugin],
         ]),
         Screen("pimega_pipeline.bob", "Pipeline - $(P)$(R)", r["pipe"], columns=[
-            [Form("Node", ("Backend_RBV", "FrameRate_RBV", "Throughput_RBV",
+            [Form("Node", ("Backend", "Backend_RBV", "FrameRate_RBV", "Throughput_RBV",
                            "FramesProcessed_RBV", "FramesWritten_RBV", "DroppedFrames_RBV",
                            "CorruptFrames_RBV"))],
+            [Form("GPU", ("GpuDevice_RBV", "GpuMemoryUsed_RBV", "GpuMemoryTotal_RBV",
+                          "GpuInFlight_RBV", "GpuH2D_RBV", "GpuH2DTime_RBV",
+                          "GpuAssembleTime_RBV", "GpuCorrectTime_RBV", "GpuStatsTime_RBV",
+                          "GpuPreviewTime_RBV", "GpuD2HTime_RBV", "GpuMessage_RBV"))],
         ], below=[member_table("Stages", parts["pipe"][1])]),
         Screen("pimega_recon.bob", "Reconstruction - $(P)$(R)", r["recon"], columns=[
             [Form("Live reconstruction", ("Enable", "Filter", "CentreMode", "Centre",
