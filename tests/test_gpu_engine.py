@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -31,6 +29,8 @@ from pimega.pipeline.correct import Corrections
 from pimega.runtime import AcquisitionEnded, CaptureSettings, DetectorState, Stats
 from pimega.runtime.engine import Acquisition
 from pimega.sim.patterns import counter_array_image
+
+from .gpusim import run_under_simulator
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 SMALL = ModuleGeometry(2, 2, 16)
@@ -54,13 +54,7 @@ DEVICE = _device_here() and not SIMULATED
 @pytest.mark.skipif(SIMULATED, reason="already under the simulator")
 def test_engine_under_simulator():
     """``TestSimulated`` in a subprocess that starts numba with its CUDA simulator."""
-    env = os.environ | {"NUMBA_ENABLE_CUDASIM": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", f"{__file__}::TestSimulated", "-m", "gpusim", "-q",
-         "--tb=short", "--noconftest", "-p", "no:cacheprovider"],
-        env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, f"simulator run failed:\n{run.stdout[-6000:]}{run.stderr[-3000:]}"
-    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-3000:]
+    run_under_simulator(__file__)
 
 
 def acquire(engine: Acquisition, n: int, path: Path | None = None, depth: int = 12,

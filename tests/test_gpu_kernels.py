@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import subprocess
 import sys
 import types
 from dataclasses import dataclass, fields
@@ -33,6 +32,8 @@ from pimega.pipeline.gpu.backend import STAGES, GpuBackend, GpuError, stats_from
 from pimega.pipeline.gpu.device import CupyDevice, Device, NumbaDevice
 from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
 from pimega.sim.patterns import module_payload
+
+from .gpusim import run_under_simulator
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
@@ -141,13 +142,7 @@ def cpu_image(payloads: np.ndarray, layout: ArrayLayout, depth: int,
 @pytest.mark.skipif(SIMULATED, reason="already under the simulator")
 def test_under_simulator():
     """``TestSimulated`` in a subprocess that starts numba with its CUDA simulator."""
-    env = os.environ | {"NUMBA_ENABLE_CUDASIM": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", f"{__file__}::TestSimulated", "-m", "gpusim", "-q",
-         "--tb=short", "--noconftest", "-p", "no:cacheprovider"],
-        env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, f"simulator run failed:\n{run.stdout[-6000:]}{run.stderr[-3000:]}"
-    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-3000:]
+    run_under_simulator(__file__)
 
 
 @pytest.fixture(scope="module")

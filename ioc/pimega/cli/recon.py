@@ -77,17 +77,13 @@ def default_chunk_rows(n_projections: int, width: int) -> int:
 
 def _cupy() -> ModuleType:
     """CuPy with a CUDA device, or :class:`ConfigError` saying what is missing."""
+    from pimega.pipeline.gpu.device import cupy_on_a_device
+
     try:
-        import cupy  # pyright: ignore[reportMissingImports]
-    except ImportError as exc:
-        raise ConfigError(f"--backend gpu needs CuPy ({exc}); pip install 'pimega[gpu]'") from None
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
-        raise ConfigError(f"--backend gpu: CUDA is not usable: {exc}") from None
-    if n_devices < 1:
-        raise ConfigError("--backend gpu: no CUDA device")
-    return cupy
+        return cupy_on_a_device()
+    except ConfigError as exc:
+        raise ConfigError(f"--backend gpu needs CuPy on a CUDA device: {exc}; "
+                          "pip install 'pimega[gpu]'") from None
 
 
 def reconstruct_chunk(path: str, rows: range, settings: ReconSettings,

@@ -123,26 +123,32 @@ class Device:
 
 # --- CuPy ------------------------------------------------------------------------------------
 
+def cupy_on_a_device() -> Any:
+    """CuPy, with a CUDA device to run on; else :class:`ConfigError` saying which is missing."""
+    try:
+        import cupy  # pyright: ignore[reportMissingImports]
+    except ImportError as exc:
+        raise ConfigError(f"CuPy not installed ({exc})") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        raise ConfigError(f"no CUDA device ({exc})") from exc
+    if count < 1:
+        raise ConfigError("no CUDA device")
+    return cupy
+
+
 class CupyDevice(Device):
     """CuPy memory, streams and events on the current CUDA device."""
 
     library = "CuPy"
 
     def __init__(self) -> None:
-        try:
-            import cupy  # pyright: ignore[reportMissingImports]
-            import cupyx  # pyright: ignore[reportMissingImports]
-        except ImportError as exc:
-            raise ConfigError(f"CuPy not installed ({exc})") from exc
+        cupy = cupy_on_a_device()
+        import cupyx  # pyright: ignore[reportMissingImports]
         from numba import cuda
         from numba.cuda.cudadrv import driver, error
 
-        try:
-            count = cupy.cuda.runtime.getDeviceCount()
-        except cupy.cuda.runtime.CUDARuntimeError as exc:
-            raise ConfigError(f"no CUDA device ({exc})") from exc
-        if count < 1:
-            raise ConfigError("no CUDA device")
         self.cp, self.cupyx, self.cuda = cupy, cupyx, cuda
         self._oom = (cupy.cuda.memory.OutOfMemoryError,)
         self._errors = (cupy.cuda.runtime.CUDARuntimeError, cupy.cuda.driver.CUDADriverError,
