@@ -5,13 +5,19 @@ from __future__ import annotations
 import socket
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (CA uses one number for both)."""
-    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        tcp.bind(("127.0.0.1", 0))
-        port = tcp.getsockname()[1]
-        udp.bind(("127.0.0.1", port))
-        return port
+def free_port(attempts: int = 50) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (CA uses one number for both): the
+    system's next free TCP port, tried again while UDP has that number taken."""
+    for _ in range(attempts):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no port free for both TCP and UDP on 127.0.0.1 in {attempts} tries")
 
 
 def loopback_environment() -> dict[str, str]:
