@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import types
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -30,7 +30,7 @@ from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.correct import Corrections, apply_corrections, output_dtype
 from pimega.pipeline.gpu.backend import STAGES, GpuBackend, GpuError, stats_from_result
 from pimega.pipeline.gpu.device import CupyDevice, Device, NumbaDevice
-from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
+from pimega.pipeline.stats import RoiSettings, Stats, bin_for_preview, compute_stats, roi
 from pimega.sim.patterns import module_payload
 
 from .gpusim import run_under_simulator
@@ -118,14 +118,6 @@ def assert_stats_match(gpu: Stats, cpu: Stats) -> None:
             assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (f.name, a, b)
 
 
-@dataclass(frozen=True)
-class Roi:
-    min_x: int = 0
-    min_y: int = 0
-    size_x: int = 0
-    size_y: int = 0
-    bin_x: int = 1
-    bin_y: int = 1
 
 
 def cpu_image(payloads: np.ndarray, layout: ArrayLayout, depth: int,
@@ -248,7 +240,7 @@ class TestSimulated:
         backend = GpuBackend(batch_size=2, device=device)
         frames = [frame_payloads(layout, 12, n) for n in range(7)]
         outs = [backend.host_empty(layout.shape, np.float32) for _ in frames]
-        region = Roi(min_x=3, min_y=5, size_y=20, bin_x=3, bin_y=2)
+        region = RoiSettings(min_x=3, min_y=5, size_y=20, bin_x=3, bin_y=2)
         with backend.processor(layout, 12, corrections) as processor:
             batches = ([(0, 2, None, None), (2, 3, region, None), (3, 5, None, 3),
                         (5, 7, region, 4)] if device_kind == "numba"
@@ -312,7 +304,7 @@ class TestSimulated:
         payloads = frame_payloads(layout, 6, 3)
         out = backend.host_empty(layout.shape, np.uint8)
         with backend.processor(layout, 6, corrections) as processor:
-            result = processor.collect(processor.submit([(list(payloads), out)], Roi(), 1))
+            result = processor.collect(processor.submit([(list(payloads), out)], RoiSettings(), 1))
             expected = cpu_image(payloads, layout, 6, corrections)
             assert_matches(out, expected)
             assert result.stats is not None and result.preview is not None
@@ -473,7 +465,7 @@ def test_device_matches_cpu(backend, name, depth, which):
     for ring, payloads in zip(rings, frames, strict=True):
         ring[...] = payloads
     outs = [backend.host_empty(layout.shape, output_dtype(depth, corrections)) for _ in frames]
-    region = Roi(min_x=3, min_y=2, size_x=17, bin_x=2, bin_y=3)
+    region = RoiSettings(min_x=3, min_y=2, size_x=17, bin_x=2, bin_y=3)
     with backend.processor(layout, depth, corrections) as processor:
         tickets = [processor.submit([(list(rings[n]), outs[n]) for n in range(first, end)],
                                     region, 2) for first, end in ((0, 3), (3, 4), (4, 5))]
@@ -526,7 +518,8 @@ def test_numba_device_runs_the_conveyor_on_a_device(name):
         outs = backend.host_empty((5, *layout.shape), np.float32)
         with backend.processor(layout, 12, corrections) as processor:
             tickets = [processor.submit([(list(rings[n]), outs[n]) for n in range(a, b)],
-                                        Roi(bin_x=2), 2) for a, b in ((0, 2), (2, 4), (4, 5))]
+                                        RoiSettings(bin_x=2), 2)
+                       for a, b in ((0, 2), (2, 4), (4, 5))]
             results = [processor.collect(ticket) for ticket in tickets]
         expected = [cpu_image(p, layout, 12, corrections) for p in frames]
         for out, image in zip(outs, expected, strict=True):

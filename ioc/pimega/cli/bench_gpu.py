@@ -27,7 +27,8 @@ import numpy as np
 from pimega.core.errors import ConfigError
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.pipeline.correct import Corrections
-from pimega.pipeline.gpu.backend import SLOTS, GpuBackend, WholeImage
+from pimega.pipeline.gpu.backend import SLOTS, GpuBackend
+from pimega.pipeline.stats import RoiSettings
 
 PREVIEW_FACTOR = 4
 
@@ -65,7 +66,7 @@ def pipeline_fps(backend: GpuBackend, layout: ArrayLayout, depth: int, n_frames:
                                       np.uint8)
         payloads[...] = np.random.default_rng(0).integers(0, 256, payloads.shape, np.uint8)
         images = backend.host_empty((ring, *layout.shape), processor.out_dtype)
-        roi = WholeImage()
+        roi = RoiSettings()
 
         def batches(count: int) -> None:
             tickets = []

@@ -54,7 +54,6 @@ from pimega.runtime import (
     CaptureSettings,
     CaptureStatus,
     DetectorState,
-    Event,
     ReconSettings,
     ReconStatus,
     RoiSettings,
@@ -64,7 +63,7 @@ from pimega.runtime import (
     Status,
     TriggerMode,
 )
-from pimega.runtime.node import Listener
+from pimega.runtime.node import Listener, Listeners
 from pimega.runtime.settings import next_settings
 from pimega.writer.filters import BLOSC_COMPRESSORS, BLOSC_SHUFFLES
 from pimega.writer.hdf5 import DATA_PATH, NexusMetadata
@@ -113,7 +112,7 @@ class ArrayNode:
         self.preview_max_pixels = preview_max_pixels
         self.links = [ModuleLink(node) for node in config.modules]
         self._recon = ReconSettings()
-        self._listeners: list[Listener] = []
+        self._listeners = Listeners()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="array-ca",
                                         daemon=True)
@@ -174,14 +173,7 @@ class ArrayNode:
         self.close()
 
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def _emit(self, event: Event) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("event listener failed on %s", event)
+        self._listeners.add(listener)
 
     def _submit(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run ``work`` on the client's loop; a failure is logged (its outcome is an event)."""
@@ -404,7 +396,7 @@ class ArrayNode:
             state, message = DetectorState.IDLE, f"Done: {frames} frames"
         self._state, self._message = state, message
         self._idle.set()
-        self._emit(AcquisitionEnded(number, state, message, frames))
+        self._listeners.emit(AcquisitionEnded(number, state, message, frames))
 
     # -- capture ----------------------------------------------------------------------------
 
@@ -526,7 +518,8 @@ class ArrayNode:
         self._capture_status = CaptureStatus(filename=capture.settings.filename,
                                              num_captured=frames, error=message)
         self._capture = None
-        self._emit(CaptureEnded(capture.number, capture.settings.filename, frames, message))
+        self._listeners.emit(CaptureEnded(capture.number, capture.settings.filename, frames,
+                                          message))
 
     async def _frames_held(self, link: ModuleLink, capture: _Capture) -> int | None:
         """Frames in the node's file now it is closed; None when it cannot be read (a lost

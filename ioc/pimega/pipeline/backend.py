@@ -25,7 +25,7 @@ from pimega.core.geometry import ArrayLayout
 
 from . import kernels, stats_kernel
 from .correct import Corrections, apply_corrections, output_dtype
-from .stats import Stats
+from .stats import RoiSettings, Stats
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +40,6 @@ class FrameProcessor(Protocol):
         """Fill ``out`` (host, the layout's shape, :func:`output_dtype`) from one uint8 payload
         per module (each at least the depth's payload size; longer ring slots are fine)."""
         ...
-
-
-class Roi(Protocol):
-    """An NDROI region as ``pimega.pipeline.stats.roi`` takes it (size ≤ 0: to the edge)."""
-
-    @property
-    def min_x(self) -> int: ...
-    @property
-    def min_y(self) -> int: ...
-    @property
-    def size_x(self) -> int: ...
-    @property
-    def size_y(self) -> int: ...
-    @property
-    def bin_x(self) -> int: ...
-    @property
-    def bin_y(self) -> int: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +64,7 @@ class Conveyor(Protocol):
     def process(self, payloads: Sequence[np.ndarray], out: np.ndarray) -> None: ...
 
     def submit(self, frames: Sequence[tuple[Sequence[np.ndarray], np.ndarray]],
-               roi: Roi | None = None, preview_factor: int | None = None) -> Any:
+               roi: RoiSettings | None = None, preview_factor: int | None = None) -> Any:
         """Queue frames ``(payloads, out)``; with ``roi`` the last image's stats of that
         region, with ``preview_factor`` its binned preview. Returns a ticket."""
         ...

@@ -23,6 +23,23 @@ from pimega.pipeline.stats_kernel import kernel_moments
 
 
 @dataclass(frozen=True)
+class RoiSettings:
+    """An NDROI region (size 0: to the edge of the image) and its binning."""
+
+    min_x: int = 0
+    min_y: int = 0
+    size_x: int = 0
+    size_y: int = 0
+    bin_x: int = 1
+    bin_y: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.min_x, self.min_y, self.size_x, self.size_y) < 0 or \
+                min(self.bin_x, self.bin_y) < 1:
+            raise ConfigError(f"ROI needs min/size ≥ 0 and binning ≥ 1, got {self}")
+
+
+@dataclass(frozen=True)
 class Stats:
     """NDStats results for one image (x = column, y = row, pixels from 0)."""
 

@@ -5,7 +5,7 @@ from pimega.pipeline.correct import (
     ProcessSteps,
     filter_coefficients,
 )
-from pimega.pipeline.stats import Stats
+from pimega.pipeline.stats import RoiSettings, Stats
 
 from .detector import TriggerMode
 from .node import AcquisitionEnded, CaptureEnded, Event, NodeControl
@@ -18,7 +18,7 @@ from .settings import (
     MxGeometry,
     check_compression,
 )
-from .stages import NODE_STAGES, RoiSettings
+from .stages import NODE_STAGES
 from .status import CaptureStatus, DetectorState, StageStatus, Status
 
 __all__ = [

@@ -60,7 +60,7 @@ from .consumers import Consumer, ConsumerRunner
 from .detector import DetectorControl, TriggerInput, TriggerMode
 from .matcher import FrameMatcher, FrameSet
 from .meters import RateMeter, StageTimer
-from .node import AcquisitionEnded, Event, Listener
+from .node import AcquisitionEnded, Listener, Listeners
 from .pool import ImagePool
 from .process import ProcessingProcessor, References
 from .recon import LiveRecon, ReconSettings, ReconStatus, SliceUpdate
@@ -187,8 +187,8 @@ class Acquisition:
         self._matcher = FrameMatcher(self._rings)
         self._image_buffers = image_buffers
         self._pool: ImagePool | None = None
-        self._listeners: list[Listener] = []
-        self.writer = FileWriter(self._emit)
+        self._listeners = Listeners()
+        self.writer = FileWriter(self._listeners.emit)
         self._stats = StatsStage(lambda: self.roi, lambda: self.settings.stats_interval_s)
         self._preview = PreviewStage(lambda: self.preview_factor,
                                      lambda: self.settings.preview_interval_s)
@@ -269,14 +269,7 @@ class Acquisition:
         self._threads.append(thread)
 
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def _emit(self, event: Event) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("event listener failed on %s", event)
+        self._listeners.add(listener)
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -619,7 +612,7 @@ class Acquisition:
                 )
             ended = AcquisitionEnded(number, self._state, self._message, self._processed)
             self._idle.set()  # first: a start made when the event arrives must find it idle
-            self._emit(ended)
+            self._listeners.emit(ended)
 
     def _run_frames(self, settings: AcquireSettings, processor: FrameProcessor,
                     pool: ImagePool, number: int) -> None:

@@ -9,6 +9,7 @@ called on the engine's threads (a listener must only hand them on, e.g. into cap
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,11 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from pimega.core.geometry import ArrayLayout
-from pimega.pipeline.stats import Stats
+from pimega.pipeline.stats import RoiSettings, Stats
 
 from .recon import ReconSettings, ReconStatus, SliceUpdate
 from .settings import AcquireSettings, CaptureSettings
-from .stages import RoiSettings
 from .status import DetectorState, Status
 
 
@@ -46,6 +46,25 @@ class CaptureEnded:
 
 Event = AcquisitionEnded | CaptureEnded
 Listener = Callable[[Event], None]
+
+log = logging.getLogger(__name__)
+
+
+class Listeners:
+    """Who hears a node's events; one that fails is logged and the others still hear it."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: Event) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %s", event)
 
 
 class NodeControl(Protocol):

@@ -11,14 +11,12 @@ frames these stages are due on, and hands the results to their ``accept``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from pimega.core.errors import ConfigError
 from pimega.core.frame import Frame
-from pimega.pipeline.stats import Stats, bin_for_preview, compute_stats, roi
+from pimega.pipeline.stats import RoiSettings, Stats, bin_for_preview, compute_stats, roi
 
 #: The stages every node has, in order: ingest, decode (+ corrections), the rate-limited
 #: display stages, then its consumers, the file writer and the live reconstruction; consumers
@@ -34,23 +32,6 @@ class Stage(Protocol):
         ...
 
     def process(self, frame: Frame) -> None: ...
-
-
-@dataclass(frozen=True)
-class RoiSettings:
-    """NDROI region feeding the statistics (size 0: to the edge of the image)."""
-
-    min_x: int = 0
-    min_y: int = 0
-    size_x: int = 0
-    size_y: int = 0
-    bin_x: int = 1
-    bin_y: int = 1
-
-    def __post_init__(self) -> None:
-        if min(self.min_x, self.min_y, self.size_x, self.size_y) < 0 or \
-                min(self.bin_x, self.bin_y) < 1:
-            raise ConfigError(f"ROI needs min/size ≥ 0 and binning ≥ 1, got {self}")
 
 
 class StatsStage:

@@ -47,14 +47,14 @@ import numpy.typing as npt
 from pimega.core.bitpack import dtype_for_depth
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry, check_bit_depth
-from pimega.pipeline.backend import BackendStatus, FrameResult, Roi
+from pimega.pipeline.backend import BackendStatus, FrameResult
 from pimega.pipeline.correct import Corrections, output_dtype
-from pimega.pipeline.stats import Stats, clip_span, stats_from_moments
+from pimega.pipeline.stats import RoiSettings, Stats, clip_span, stats_from_moments
 
 from .device import Device, open_device
 
 __all__ = ["SLOTS", "SPANS", "STAGES", "FrameResult", "GpuBackend", "GpuError",
-           "GpuProcessor", "Roi", "Ticket", "WholeImage", "stats_from_result"]
+           "GpuProcessor", "Ticket", "stats_from_result"]
 
 #: The steps the conveyor times, each between two events of a batch.
 SPANS = {"h2d": ("h2d", "h2d_end"), "assemble": ("compute", "assemble"),
@@ -67,18 +67,6 @@ _POLL_S = 2e-4
 
 class GpuError(PimegaError):
     """The GPU failed: out of memory, lost, or a batch that did not finish in time."""
-
-
-@dataclass(frozen=True)
-class WholeImage:
-    """A :class:`Roi` covering the whole image (size 0 runs to the edge), binned as given."""
-
-    bin_x: int = 1
-    bin_y: int = 1
-    min_x: int = 0
-    min_y: int = 0
-    size_x: int = 0
-    size_y: int = 0
 
 
 @dataclass(eq=False)
@@ -182,7 +170,7 @@ class GpuBackend:
                 with self.processor(layout, depth, corrections) as processor:
                     payloads = [np.zeros(processor.payload_size, np.uint8)]
                     out = self.host_empty(layout.shape, processor.out_dtype)
-                    for roi, factor in ((WholeImage(), 2), (WholeImage(2, 2), None)):
+                    for roi, factor in ((RoiSettings(), 2), (RoiSettings(bin_x=2, bin_y=2), None)):
                         processor.collect(processor.submit([(payloads, out)], roi, factor))
 
     def processor(self, layout: ArrayLayout, bit_depth: int,
@@ -334,7 +322,7 @@ class GpuProcessor:
         self.collect(self.submit([(payloads, out)]))
 
     def submit(self, frames: Sequence[tuple[Sequence[np.ndarray], np.ndarray]],
-               roi: Roi | None = None, preview_factor: int | None = None) -> Ticket:
+               roi: RoiSettings | None = None, preview_factor: int | None = None) -> Ticket:
         """Queue a batch (see the module docstring). Returns at once, unless every slot is
         busy: then after the oldest batch finished."""
         if self._closed:
@@ -397,7 +385,7 @@ class GpuProcessor:
             raise ConfigError(f"out is {out.dtype} {tuple(out.shape)}, expected a writeable "
                               f"C-contiguous {self.out_dtype} {self.layout.shape}")
 
-    def _region(self, roi: Roi) -> _Region:
+    def _region(self, roi: RoiSettings) -> _Region:
         """The ROI as ``stats.roi`` clips and bins it."""
         height, width = self.layout.shape
         y0, y1 = clip_span(roi.min_y, roi.size_y, height)
