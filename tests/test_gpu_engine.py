@@ -11,10 +11,8 @@ Unmarked: choosing the backend on a machine without a device.
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import h5py
@@ -26,11 +24,11 @@ from pimega.core.errors import ConfigError
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.pipeline.backend import CpuBackend, make_backend
 from pimega.pipeline.correct import Corrections
-from pimega.runtime import AcquisitionEnded, CaptureSettings, DetectorState, Stats
+from pimega.runtime import AcquisitionEnded, CaptureSettings, DetectorState
 from pimega.runtime.engine import Acquisition
 from pimega.sim.patterns import counter_array_image
 
-from .gpusim import run_under_simulator
+from .gpusim import assert_stats_match, run_under_simulator
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 SMALL = ModuleGeometry(2, 2, 16)
@@ -69,16 +67,6 @@ def acquire(engine: Acquisition, n: int, path: Path | None = None, depth: int = 
     assert engine.wait(timeout=timeout), "acquisition did not end"
     if path is not None:
         assert engine.wait_capture(timeout=timeout), "capture did not end"
-
-
-def assert_stats_match(gpu: Stats, cpu: Stats) -> None:
-    """Positions and extremes exactly; sums to float64 rounding."""
-    for f in fields(Stats):
-        a, b = getattr(gpu, f.name), getattr(cpu, f.name)
-        if isinstance(b, int) or f.name in ("min_value", "max_value"):
-            assert a == b, f.name
-        else:
-            assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (f.name, a, b)
 
 
 def wait_for_event(events: list, kind: type, timeout: float = 5.0):

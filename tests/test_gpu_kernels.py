@@ -14,11 +14,9 @@ CuPy or a device.
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import sys
 import types
-from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -30,10 +28,10 @@ from pimega.pipeline.assemble import decode_assemble
 from pimega.pipeline.correct import Corrections, apply_corrections, output_dtype
 from pimega.pipeline.gpu.backend import STAGES, GpuBackend, GpuError, stats_from_result
 from pimega.pipeline.gpu.device import CupyDevice, Device, NumbaDevice
-from pimega.pipeline.stats import RoiSettings, Stats, bin_for_preview, compute_stats, roi
+from pimega.pipeline.stats import RoiSettings, bin_for_preview, compute_stats, roi
 from pimega.sim.patterns import module_payload
 
-from .gpusim import run_under_simulator
+from .gpusim import assert_stats_match, run_under_simulator
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
@@ -105,17 +103,6 @@ def assert_matches(gpu: np.ndarray, cpu: np.ndarray, maxulp: int = 0) -> None:
     else:
         uint = np.dtype(f"u{cpu.dtype.itemsize}")
         np.testing.assert_array_equal(gpu.view(uint), cpu.view(uint))
-
-
-def assert_stats_match(gpu: Stats, cpu: Stats) -> None:
-    """Positions and extremes exactly; sums to float64 rounding (the CPU's own order of
-    addition follows its vector width)."""
-    for f in fields(Stats):
-        a, b = getattr(gpu, f.name), getattr(cpu, f.name)
-        if isinstance(b, int) or f.name in ("min_value", "max_value"):
-            assert a == b, f.name
-        else:
-            assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (f.name, a, b)
 
 
 

@@ -626,8 +626,7 @@ class Acquisition:
                 self._matcher.release(frame_set)
                 break
             t0 = time.perf_counter()
-            processor.process([ring.slots[slot] for ring, (slot, _) in
-                               zip(self._rings, frame_set, strict=True)], pool.images[index])
+            processor.process(self._payloads(frame_set), pool.images[index])
             self._matcher.release(frame_set)
             self._decode.add(time.perf_counter() - t0)
             info = self._frame_info(frame_set, number)
@@ -694,8 +693,7 @@ class Acquisition:
                 slot.last_run = now
         wanted = {slot.stage for slot, run in zip(self._stages, due, strict=True) if run}
         ticket = conveyor.submit(
-            [([ring.slots[slot] for ring, (slot, _) in zip(self._rings, frame_set, strict=True)],
-              pool.images[index])],
+            [(self._payloads(frame_set), pool.images[index])],
             self._stats.region if self._stats in wanted else None,
             self._preview.factor if self._preview in wanted else None)
         info = self._frame_info(frame_set, number)
@@ -747,6 +745,10 @@ class Acquisition:
             if in_flight:
                 self._deliver(conveyor, in_flight.popleft(), pool, offer_raw)
         return None
+
+    def _payloads(self, frame_set: FrameSet) -> list[np.ndarray]:
+        """The ring slot of each module's payload in a matched frame set."""
+        return [ring.slots[slot] for ring, (slot, _) in zip(self._rings, frame_set, strict=True)]
 
     def _frame_info(self, frame_set: FrameSet, number: int) -> FrameInfo:
         """The next unique id for a frame set, its header's numbers and time."""
