@@ -47,7 +47,7 @@ PREFIX = "PMHOSTILE:"
 SIDE = 32  # 2x2 chips of 16: 32x32 images
 #: Where each group says why a put was refused.
 MESSAGE = {"Recon:": "Recon:LastError_RBV", "Proc1:": "cam1:StatusMessage_RBV",
-           "HDF1:": "HDF1:WriteMessage", "AS:": "AS:Status_RBV"}
+           "HDF1:": "HDF1:WriteMessage", "AS:": "AS:Status_RBV", "Pipe:": "Pipe:GpuMessage_RBV"}
 #: HDF1's π-MEGA NeXus metadata: the definition, the sample and the NXmx geometry.
 NEXUS = ("NexusDefinition", "SampleName", "DetDist", "BeamX", "BeamY", "Wavelength",
          "SensorMaterial", "SensorThickness", "SourceName")
@@ -560,6 +560,7 @@ def test_extreme_settings_that_are_kept_do_not_stop_an_acquisition(client, files
     ("Recon:Centre", Put(math.nan), ("Recon:AngleStep", 400.0)),
     ("Proc1:DataTypeOut", Put(99), ("Proc1:NumFilter", 0)),
     ("Recon:Slice1:Row", Put(1e12, D), ("Recon:AngleStep", 400.0)),
+    ("Pipe:Backend", Put(9), ("Pipe:Backend", "GPU")),
 ])
 def test_a_value_refused_before_the_groups_hook_says_why(client, suffix, sent, other):
     group = suffix.split(":", 1)[0] + ":"

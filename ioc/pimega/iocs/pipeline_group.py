@@ -88,9 +88,13 @@ class PipelineGroup(NodeGroup, make_group("PipelineBase", PIPELINE_SPECS)):
     """Node-wide figures and one :class:`StageGroup` per stage (:func:`pipeline_group_class`)."""
 
     stage_names: tuple[str, ...] = ()
+    #: Why the last Backend put was refused, shown until one is taken (the node's own
+    #: backend message would replace it at the next status poll otherwise).
+    _refusal = ""
 
     async def refused(self, name: str, reason: str) -> None:
         if name == "Backend":
+            self._refusal = reason
             await self.post("GpuMessage_RBV", reason)
 
     @on_put("Backend")
@@ -100,6 +104,7 @@ class PipelineGroup(NodeGroup, make_group("PipelineBase", PIPELINE_SPECS)):
         if select is None:
             raise ConfigError("this node's backend is chosen on each module's own node")
         await asyncio.get_running_loop().run_in_executor(None, select, value)
+        self._refusal = ""
         await self.root.publish()  # Backend_RBV and the messages follow at once
         return value
 
@@ -110,7 +115,7 @@ class PipelineGroup(NodeGroup, make_group("PipelineBase", PIPELINE_SPECS)):
             "GpuMemoryUsed_RBV": gpu.memory_used_bytes * _MB,
             "GpuMemoryTotal_RBV": gpu.memory_total_bytes * _MB,
             "GpuInFlight_RBV": gpu.frames_in_flight, "GpuH2D_RBV": gpu.h2d_gb_s,
-            "GpuMessage_RBV": status.backend_message,
+            "GpuMessage_RBV": status.gpu.error or self._refusal or status.backend_message,
             **{pv: gpu.gpu_ms_per_frame.get(stage, 0.0) for stage, pv in GPU_TIMES.items()},
         }
         if status.backend_choice in BACKENDS:
