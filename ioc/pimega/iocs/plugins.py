@@ -167,6 +167,7 @@ class HDF5Group(PluginGroup, HDF5Base):
         self._settings: CaptureSettings | None = None  # of the capture started last
         self._per_frame: int | None = None  # the acquisition's capture, Single with AutoSave
         self._file_number = 0  # the number in its file name
+        self._per_frame_seen: tuple[str, int] | None = None  # AutoSave's last file and number
 
     @property
     def busy(self) -> Busy:
@@ -372,7 +373,11 @@ class HDF5Group(PluginGroup, HDF5Base):
     async def publish_capture(self, status: Status) -> None:
         capture = status.capture
         await self.post_many({"NumCaptured_RBV": capture.num_captured})
-        if capture.next_file_number:  # one file per frame: name and number move on
+        moved = (capture.filename, capture.next_file_number)
+        if capture.next_file_number and moved != self._per_frame_seen:
+            # one file per frame: name and number move on, once each (a later WriteFile's
+            # name and number stay)
+            self._per_frame_seen = moved
             await self.post_many({"FullFileName_RBV": capture.filename})
             if self.pv("FileNumber").value != capture.next_file_number:
                 await self.post("FileNumber", capture.next_file_number)
