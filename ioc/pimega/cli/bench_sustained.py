@@ -15,19 +15,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from pimega.core.geometry import MAX_FRAME_RATE_HZ, ArrayLayout, ModuleGeometry
 from pimega.ingest.tcp import TcpSource
 from pimega.runtime.engine import Acquisition
 from pimega.runtime.settings import CaptureSettings
+from pimega.sim.patterns import COUNTER_PERIOD, counter_image
 from pimega.writer.hdf5 import NexusMetadata, NexusWriter
 
-from .figures import Figure, best_of
+from .figures import Figure
 
 RING_SLOTS = 32
 _SUMMARY = re.compile(r"(\d+) frames x \d+ modules, \d+ bytes in ([\d.]+) s")
@@ -99,30 +99,38 @@ def highest_held_rate(module: ModuleGeometry, depth: int, compression: str, seco
 
 
 def writer_alone_fps(module: ModuleGeometry, depth: int, compression: str,
-                     directory: Path, n_frames: int = 100) -> float:
-    """Frames/s of the writer alone, counter-like frames of the depth's dtype, to ``directory``."""
-    dtype = np.uint16 if depth <= 16 else np.uint32
-    frames = np.random.default_rng(1).poisson(5, size=(4, *module.shape)).astype(dtype)
+                     directory: Path, seconds: float) -> float:
+    """Frames/s of the writer alone into ``directory`` for as long as one try of the search
+    (``seconds``; open and close included), of the frames the paced sender sends (its counter
+    pattern: values over the whole range, the worst case for compression).
+
+    As long as a try, not a short burst: a burst lands in memory the file system has at hand,
+    a try's gigabytes do not (on a VM, fresh guest memory costs the host a fault a page; on a
+    disk, the page cache fills and writeback sets the pace). Both figures must meet the same
+    storage to be compared.
+    """
+    frames = [counter_image(0, n, module, depth) for n in range(COUNTER_PERIOD)]
+    dtype = frames[0].dtype
     meta = NexusMetadata(bit_depth=depth, count_time_s=1e-3, frame_time_s=1e-3,
                          module_shape=module.shape)
     path = directory / "writer_alone.h5"
-
-    def write() -> None:
-        with NexusWriter(str(path), module.shape, dtype, meta,
-                         compression=compression) as writer:  # type: ignore[arg-type]
-            for i in range(n_frames):
-                writer.write(frames[i % 4], i, i)
-
-    seconds = best_of(2, write)
+    written, start = 0, time.perf_counter()
+    with NexusWriter(str(path), module.shape, dtype, meta,
+                     compression=compression) as writer:  # type: ignore[arg-type]
+        while written < 2 or time.perf_counter() - start < seconds:
+            writer.write(frames[written % len(frames)], written, written)
+            written += 1
+    elapsed = time.perf_counter() - start
     path.unlink(missing_ok=True)
-    return n_frames / seconds
+    return written / elapsed
 
 
 def bench_sustained(module: ModuleGeometry, depth: int, compression: str, seconds: float,
                     directory: Path, stage_fps: dict[str, float]) -> Iterator[Figure]:
     """The sustained rate against the slowest stage measured alone (``stage_fps`` holds the
     ingest and pipeline rates of this run; the writer's is measured here)."""
-    stages = {**stage_fps, "writer": writer_alone_fps(module, depth, compression, directory)}
+    stages = {**stage_fps, "writer": writer_alone_fps(module, depth, compression, directory,
+                                                         seconds)}
     slowest = min(stages, key=lambda name: stages[name])
     runs = highest_held_rate(module, depth, compression, seconds, directory)
     held = max((r.rate_hz for r in runs if r.held), default=0.0)
