@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from caproto.asyncio.server import Context
 from caproto.server import PVGroup
 from caproto.sync.client import read as ca_read
 
@@ -28,6 +27,7 @@ from pimega.iocs import logfilter
 from pimega.iocs.access import AccessContext, AccessPolicy, GroupMap
 from pimega.iocs.app import PimegaIOC, pva_suffixes
 from pimega.iocs.autosave import FILE_NAME, Autosave, default_directory, request_pvs
+from pimega.iocs.circuit import PacedContext
 from pimega.iocs.factory import all_pv_names
 from pimega.iocs.pimega_specs import DEPTH_OF_STATE
 from pimega.iocs.pva import pva_images
@@ -169,7 +169,7 @@ def autosave_for(ioc: PimegaIOC, prefix: str, directory: Path | None,
 async def serve(pvdb: dict[str, Any], policy: AccessPolicy | None, groups: GroupMap) -> None:
     """Serve Channel Access, with access security when a policy is given (the context must
     be made inside the running event loop)."""
-    context = AccessContext(pvdb, policy, groups) if policy else Context(pvdb)
+    context = AccessContext(pvdb, policy, groups) if policy else PacedContext(pvdb)
     await context.run()
 
 

@@ -43,12 +43,12 @@ from typing import Any, NamedTuple
 
 import caproto as ca
 from caproto import AccessRights, ChannelData, Forbidden
-from caproto.asyncio.server import Context
 from caproto.server import PVGroup, PvpropertyCharRO, pvproperty
 from caproto.server.common import DisconnectedCircuit
 
 from pimega.core.errors import ConfigError
 
+from .circuit import PacedContext
 from .factory import CheckedInteger
 
 log = logging.getLogger(__name__)
@@ -399,9 +399,9 @@ class AccessPolicy:
         return loaded
 
 
-class AccessContext(Context):
-    """caproto's asyncio server with ``policy`` on every PV that clients name, PV ``name``
-    (record fields: their record's name) in group ``group_of(name)``.
+class AccessContext(PacedContext):
+    """The IOC's asyncio server (`PacedContext`) with ``policy`` on every PV that clients
+    name, PV ``name`` (record fields: their record's name) in group ``group_of(name)``.
 
     The checks go on a ChannelData the first time a client names it: wrapping all of them
     up front costs ~2.5 kB each, and this IOC has ~58k (PVs and record fields). On SIGHUP and
