@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import epics
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pimega.iocs.circuit import PIECE_BYTES, PacedContext, pieces
+from pimega.iocs.circuit import PIECE_BYTES, PacedCircuit, PacedContext, pieces
 
 from .tinyioc import Camera
 
@@ -38,6 +39,30 @@ def test_a_large_image_is_sliced_without_a_copy():
     assert [len(p) for p in out] == [PIECE_BYTES] * 3 + [len(header)]
     inner = out[1]  # lies inside the image: a view of it
     assert isinstance(inner, memoryview) and inner.obj is image
+
+
+class _RecordingWriter:
+    """Where a circuit's transport would take the bytes: records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    async def drain(self) -> None:
+        return None
+
+
+def test_the_circuit_writes_a_large_message_in_pieces():
+    circuit = PacedCircuit.__new__(PacedCircuit)  # only its transport matters here
+    writer = _RecordingWriter()
+    circuit.client = SimpleNamespace(writer=writer, send_lock=asyncio.Lock(),
+                                     getpeername=lambda: ("127.0.0.1", 0))
+    image = np.arange(PIECE_BYTES, dtype=">u2")
+    asyncio.run(circuit._send_buffers(b"header", image))
+    assert b"".join(writer.writes) == b"header" + image.tobytes()
+    assert len(writer.writes) == 3 and max(map(len, writer.writes)) == PIECE_BYTES
 
 
 def test_small_messages_stay_one_piece():

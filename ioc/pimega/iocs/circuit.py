@@ -68,8 +68,21 @@ class PacedCircuit(VirtualCircuit):
         finally:
             self._updates_sent.clear()
 
+    async def _send_buffers(self, *buffers: Any) -> None:
+        writer = self.client.writer
+        try:
+            async with self.client.send_lock:
+                for piece in pieces(buffers):
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0)  # let other circuits' commands in
+        except OSError as exc:
+            raise ca.CaprotoNetworkError(f"Failed to send to {self.client.getpeername()}") \
+                from exc
+
     async def send(self, *commands: Any) -> None:
-        if any(isinstance(c, (ca.WriteNotifyResponse, ca.ErrorResponse)) for c in commands):
+        if (any(isinstance(c, (ca.WriteNotifyResponse, ca.ErrorResponse)) for c in commands)
+                and any(self.subscriptions.values())):  # else no update could come first
             await self._after_queued_updates()
         await super().send(*commands)
 
