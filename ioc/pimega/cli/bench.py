@@ -282,8 +282,9 @@ def run(argv: list[str] | None = None) -> int:
                              "control-PV round trips")
     parser.add_argument("--preview-fps", type=float, default=100.0,
                         help="frame rate the IOC acquires at during --preview")
-    parser.add_argument("--preview-interval", type=float, default=0.08,
-                        help="image1:MinCallbackTime during --preview, s")
+    parser.add_argument("--preview-interval", type=float, default=1 / 30,
+                        help="image1:MinCallbackTime during --preview, s (default 1/30: "
+                             "the 30 Hz each viewer is to get)")
     parser.add_argument("--backend", choices=["cpu", "gpu"], default="cpu",
                         help="gpu: pinned host->device bandwidth and the GPU pipeline's frames/s")
     parser.add_argument("--sustained", action="store_true",
