@@ -1,26 +1,20 @@
-"""The IOC's circuits (decision 14): a message goes out in pieces — the bytes on the wire are
-the message's, in order, in pieces of at most PIECE_BYTES, a piece inside one large buffer a
-slice of it (no copy); a put is answered after the monitor updates it caused. A large image
-and control puts through a real IOC: test_preview_waveform.
+"""The IOC's circuits send a message in pieces (decision 14): the bytes on the wire are the
+message's, in order, in pieces of at most PIECE_BYTES; a piece inside one large buffer is a
+slice of it (no copy), and the circuit itself writes that way. A large image and control puts
+through a real IOC: test_preview_waveform.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import epics
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pimega.iocs.circuit import PIECE_BYTES, PacedCircuit, PacedContext, pieces
-
-from .tinyioc import Camera
+from pimega.iocs.circuit import PIECE_BYTES, PacedCircuit, pieces
 
 
 @given(st.lists(st.binary(max_size=300), max_size=12), st.integers(1, 257))
@@ -67,48 +61,3 @@ def test_the_circuit_writes_a_large_message_in_pieces():
 
 def test_small_messages_stay_one_piece():
     assert list(pieces([b"ab", bytearray(b"cd"), memoryview(b"ef")])) == [b"abcdef"]
-
-
-# --- a put's answer follows the monitor updates it caused ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def paced_camera() -> Iterator[str]:
-    """The tiny IOC's Camera served by `PacedContext` on a thread of this process."""
-    prefix = "ORDER:"
-    serving: dict[str, Any] = {}
-    started = threading.Event()
-
-    async def serve() -> None:
-        async def ready(async_lib: Any) -> None:
-            started.set()
-
-        serving["loop"], serving["task"] = asyncio.get_running_loop(), asyncio.current_task()
-        await PacedContext(Camera(prefix=prefix).pvdb).run(startup_hook=ready)
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(10), "the server did not start"
-    yield prefix
-    serving["loop"].call_soon_threadsafe(serving["task"].cancel)
-    thread.join(10)
-
-
-def test_a_readback_monitor_arrives_before_the_put_completes(paced_camera):
-    """pyepics answers ``get`` from its monitor cache, updated in the order messages arrive:
-    the readback must be there when the put returns (caproto alone sent it ~10 ms later)."""
-    readback = epics.PV(paced_camera + "Exposure_RBV", auto_monitor=True)
-    assert readback.wait_for_connection(10)
-    for n in range(1, 21):
-        assert epics.caput(paced_camera + "Exposure", 0.25 * n, wait=True, timeout=5) == 1
-        assert readback.get(use_monitor=True) == 0.25 * n, f"put {n}: the monitor lagged"
-
-
-def test_a_refused_put_is_answered_after_what_it_posted(paced_camera):
-    """A putter that posts something and then refuses: the client sees both, in order."""
-    readback = epics.PV(paced_camera + "Exposure_RBV", auto_monitor=True)
-    assert readback.wait_for_connection(10)
-    assert epics.caput(paced_camera + "Exposure", 2.0, wait=True, timeout=5) == 1
-    assert readback.get(use_monitor=True) == 2.0
-    epics.caput(paced_camera + "Exposure", -1.0, wait=True, timeout=5)  # refused
-    assert epics.caget(paced_camera + "Exposure_RBV", timeout=5) == 2.0

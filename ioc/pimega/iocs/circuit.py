@@ -1,5 +1,4 @@
-"""A Channel Access circuit that sends a large message in pieces, yielding between them, and
-answers a put only after the monitor updates it caused.
+"""A Channel Access circuit that sends a large message in pieces, yielding between them.
 
 caproto's asyncio circuit joins a message's buffers into one bytes object and writes it in
 one go: a 1536² preview (4.7 MB) costs the event loop a 4.7 MB copy and a loopback send of
@@ -21,10 +20,6 @@ from caproto.asyncio.server import Context, VirtualCircuit
 
 #: Bytes written at a time: a loopback send of this much takes ~0.1 ms.
 PIECE_BYTES = 256 * 1024
-#: Longest wait for more monitor updates to send with those at hand.
-GATHER_S = 0.001
-#: Longest a put's answer waits for the monitor updates queued before it.
-UPDATES_FIRST_S = 0.1
 
 
 def pieces(buffers: Iterable[Any], size: int = PIECE_BYTES) -> Iterator[bytes | memoryview]:
@@ -46,27 +41,7 @@ def pieces(buffers: Iterable[Any], size: int = PIECE_BYTES) -> Iterator[bytes | 
 
 
 class PacedCircuit(VirtualCircuit):
-    """caproto's asyncio circuit, sending each message in `pieces` and a put's answer after
-    the monitor updates queued before it."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._answers_waiting = 0
-        self._updates_sent = asyncio.Event()  # the update task holds none and waits for more
-
-    async def get_from_sub_queue(self, timeout: float | None = None) -> Any:
-        """caproto's update task takes the next update here; ``timeout`` None: it has sent
-        all it took, else it gathers more (for at most `GATHER_S`, not at all while an
-        answer waits)."""
-        if timeout is None:
-            self._updates_sent.set()
-        elif self._answers_waiting and self.subscription_queue.empty():
-            return None
-        try:
-            return await super().get_from_sub_queue(
-                None if timeout is None else min(timeout, GATHER_S))
-        finally:
-            self._updates_sent.clear()
+    """caproto's asyncio circuit, sending each message in `pieces`."""
 
     async def _send_buffers(self, *buffers: Any) -> None:
         writer = self.client.writer
@@ -79,34 +54,6 @@ class PacedCircuit(VirtualCircuit):
         except OSError as exc:
             raise ca.CaprotoNetworkError(f"Failed to send to {self.client.getpeername()}") \
                 from exc
-
-    async def send(self, *commands: Any) -> None:
-        if (any(isinstance(c, (ca.WriteNotifyResponse, ca.ErrorResponse)) for c in commands)
-                and any(self.subscriptions.values())):  # else no update could come first
-            await self._after_queued_updates()
-        await super().send(*commands)
-
-    async def _after_queued_updates(self) -> None:
-        """Return once the updates queued so far are on the wire, or after `UPDATES_FIRST_S`.
-
-        An update goes from the server's queue (all circuits) to this circuit's queue, then to
-        the wire by the circuit's update task: both queues empty and the task waiting for more
-        means sent.
-        """
-        shared = self.context.subscription_queue
-        self._answers_waiting += 1
-        try:
-            async with asyncio.timeout(UPDATES_FIRST_S):
-                while not (shared.empty() and self.subscription_queue.empty()
-                           and self._updates_sent.is_set()):
-                    if shared.empty() and self.subscription_queue.empty():
-                        await self._updates_sent.wait()  # the task is sending what it took
-                    else:
-                        await asyncio.sleep(0)  # let the queues' tasks move them on
-        except TimeoutError:
-            pass  # events off, or a stream that never pauses: answer anyway
-        finally:
-            self._answers_waiting -= 1
 
 
 class PacedContext(Context):
