@@ -436,9 +436,12 @@ def test_capture_stop_then_start_opens_a_second_file(pv, tmp_path):
     first = capture_and_acquire(pv, tmp_path, "again", "Single", 1)
     pv("HDF1:Capture").put(0)
     assert pv("HDF1:Capture").put(1, use_complete=True) is not None
+    # Capture_RBV may still read the first capture's 1: the new file's name says it started
+    deadline = time.monotonic() + 20
+    while (second := text(pv, "HDF1:FullFileName_RBV")) == first:
+        assert time.monotonic() < deadline, "no second file was opened"
+        time.sleep(0.02)
     wait_for(pv, "HDF1:Capture_RBV", lambda v: v == 1)
-    second = text(pv, "HDF1:FullFileName_RBV")
-    assert second != first
     pv("cam1:Acquire").put(1, wait=True, timeout=30)
     stop_capture(pv)
     assert_file_frames(second, 1)
