@@ -50,3 +50,14 @@ def test_sustained_search_reports_the_held_rate_against_each_stage(tmp_path):
             and f["ratio"] <= 1 and figures[name.replace("_late_s", "_lost")]["value"] == 0]
     assert sustained["value"] == max((float(f["figure"].split("_")[-3][:-2]) for f in held),
                                      default=0.0)
+
+
+@pytest.mark.parametrize("option", ["--seconds nan", "--seconds -5", "--seconds inf", "--soak 0",
+                                    "--preview-interval -1", "--preview-fps inf",
+                                    "--seconds ten"])
+def test_a_time_or_rate_that_is_not_a_finite_positive_number_is_refused(option):
+    """Not a traceback, not a run that never ends: argparse's usage error naming the option."""
+    out = subprocess.run([sys.executable, "-m", "pimega.cli.main", "bench", "--sustained",
+                          *option.split()], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert f"argument {option.split()[0]}" in out.stderr and "Traceback" not in out.stderr
