@@ -19,7 +19,10 @@ from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.core.wire import ImageKey
 from pimega.ingest.tcp import TcpSource
 from pimega.runtime import AcquisitionEnded, CaptureEnded, CaptureSettings
+from pimega.runtime.consumers import ConsumerRunner
 from pimega.runtime.engine import Acquisition
+from pimega.runtime.pool import ImagePool
+from pimega.runtime.recon import LiveRecon
 from pimega.sim.patterns import counter_array_image
 
 SMALL = ModuleGeometry(2, 2, 16)
@@ -136,6 +139,9 @@ class FrameCounter:
         self.infos.append(frame.info)
         self.sums.append(int(frame.image.sum()))
 
+    def skipped(self, info: FrameInfo) -> None:
+        raise AssertionError(f"a lossless consumer lost frame {info.unique_id}")
+
 
 def test_an_added_consumer_sees_every_frame_with_its_info():
     layout = ArrayLayout.square(4, SMALL)
@@ -164,6 +170,7 @@ class SlowViewer:
 
     def __init__(self) -> None:
         self.seen = 0
+        self.missed: list[int] = []
         self.release = threading.Event()
 
     def wants(self, info: FrameInfo) -> bool:
@@ -172,6 +179,9 @@ class SlowViewer:
     def consume(self, frame: Frame) -> None:
         self.release.wait(10)
         self.seen += 1
+
+    def skipped(self, info: FrameInfo) -> None:
+        self.missed.append(info.unique_id)
 
 
 def test_a_consumer_that_falls_behind_is_skipped_and_counted_not_waited_for(tmp_path):
@@ -185,6 +195,34 @@ def test_a_consumer_that_falls_behind_is_skipped_and_counted_not_waited_for(tmp_
     assert read_columns(tmp_path / "all.h5")["/entry/data/data"].shape[0] == 50
     assert slow.dropped >= 50 - 3  # one in hand, two queued: the rest skipped
     assert slow.dropped + viewer.seen <= 50
+    assert len(viewer.missed) == len(set(viewer.missed)) == slow.dropped  # told of each one
+
+
+def test_live_recon_counts_the_projections_it_misses_not_the_darks_and_flats():
+    """A dark or flat the reconstruction had no room for thins the references; only a
+    missed projection is a skipped one (ProjectionsUsed + Skipped = the scan's projections)."""
+    recon = LiveRecon((8, 8))
+    recon.configure(enabled=True, rows=(4,), centre=3.5)
+    runner = ConsumerRunner(recon, queue_size=2)
+    pool = ImagePool(8, (8, 8), np.dtype(np.uint16))
+    keys = [ImageKey.DARK, ImageKey.FLAT, ImageKey.DARK, ImageKey.FLAT, ImageKey.PROJECTION,
+            ImageKey.PROJECTION]
+    for uid, key in enumerate(keys, 1):  # no thread takes them yet: the third on is missed
+        index = pool.acquire(timeout=1)
+        assert index is not None
+        pool.images[index] = 100 * (1 + int(key == ImageKey.FLAT))
+        runner.offer(pool, index, FrameInfo(uid, uid - 1, 0, key, 0.0, acquisition=1, tomo=True))
+        pool.release(index)
+    assert runner.timer.dropped == 4
+    taker = threading.Thread(target=runner.run)
+    taker.start()  # takes the dark and flat it kept
+    runner.close()
+    taker.join(timeout=10)
+    status = recon.status()
+    assert (status.state, status.projections_used, status.skipped) == ("Waiting", 0, 2)
+    next_scan = FrameInfo(7, 0, 0, ImageKey.DARK, 0.0, acquisition=2, tomo=True)
+    recon.consume(Frame(next_scan, pool.images[0]))
+    assert recon.status().skipped == 0  # the count was the last acquisition's
 
 
 def test_the_node_reports_acquisition_and_capture_ends_as_events(tmp_path):

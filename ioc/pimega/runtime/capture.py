@@ -119,6 +119,9 @@ class FileWriter:
         capture.routed += 1
         return True
 
+    def skipped(self, info: FrameInfo) -> None:
+        """Only while the engine closes; its runner counts the frame in FramesDropped."""
+
     # -- writer thread -------------------------------------------------------------------
 
     def consume(self, frame: Frame) -> None:

@@ -40,6 +40,11 @@ class Consumer(Protocol):
         """On the consumer's thread; ``frame.image`` is valid until this returns."""
         ...
 
+    def skipped(self, info: FrameInfo) -> None:
+        """On the pipeline thread: a wanted frame it had no room for (a lossy consumer
+        behind, or any consumer closing), so it can say which frames it lacks."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Delivery:
@@ -88,8 +93,7 @@ class ConsumerRunner:
             try:
                 self._queue.put_nowait(delivery)
             except queue.Full:
-                pool.release(index)
-                self.timer.dropped += 1
+                self._skip(pool, index, info)
             return
         while not self._closing.is_set():
             try:
@@ -97,8 +101,12 @@ class ConsumerRunner:
                 return
             except queue.Full:
                 continue
+        self._skip(pool, index, info)
+
+    def _skip(self, pool: ImagePool, index: int, info: FrameInfo) -> None:
         pool.release(index)
         self.timer.dropped += 1
+        self.consumer.skipped(info)
 
     def call(self, action: Callable[[], Any]) -> threading.Event:
         """Run ``action`` on the consumer's thread after what is queued; set when done."""

@@ -522,7 +522,7 @@ class Acquisition:
         return self.recon.configure(**changes)
 
     def recon_status(self) -> ReconStatus:
-        return self.recon.status(dropped=self._recon_runner.timer.dropped)
+        return self.recon.status()
 
     def latest_slices(self) -> SliceUpdate | None:
         return self.recon.latest()

@@ -69,6 +69,7 @@ class LiveRecon:
         self._live: LiveReconstruction | None = None
         self._acquisition = -1
         self._projections = 0  # projections seen in this acquisition (for PV angles)
+        self._behind = (-1, 0)  # (acquisition, projections skipped there while behind)
         self._error = ""
         self._dirty = False
         self._slices: SliceUpdate | None = None
@@ -101,6 +102,13 @@ class LiveRecon:
     def wants(self, info: FrameInfo) -> bool:
         return self.settings.enabled
 
+    def skipped(self, info: FrameInfo) -> None:
+        """A frame it was too far behind to take: a projection counts as skipped (a dark or
+        a flat only thins the references)."""
+        if _image_key(info) == ImageKey.PROJECTION:  # one writer (this thread): no lock
+            acquisition, count = self._behind
+            self._behind = (info.acquisition, count + 1 if acquisition == info.acquisition else 1)
+
     def consume(self, frame: Frame) -> None:
         info = frame.info
         with self._lock:
@@ -110,7 +118,7 @@ class LiveRecon:
             if live is None:
                 return
             s = self.settings
-            key = info.image_key if info.tomo else ImageKey.PROJECTION
+            key = _image_key(info)
             angle = (info.angle_deg if info.tomo
                      else s.start_angle_deg + s.angle_step_deg * self._projections)
             try:
@@ -141,13 +149,23 @@ class LiveRecon:
                 self._dirty = False
             return self._slices
 
-    def status(self, dropped: int = 0) -> ReconStatus:
-        """Where it stands; ``dropped``: frames skipped because it fell behind."""
-        live = self._live
-        if self._error:
-            return ReconStatus("Error", error=self._error, skipped=dropped)
+    def status(self) -> ReconStatus:
+        """Where it stands; skipped: this acquisition's projections it was behind for or
+        that came before its darks and flats."""
+        live, error = self._live, self._error  # no lock: a back-projection may hold it
+        acquisition, behind = self._behind
+        if acquisition != self._acquisition:  # counted in another acquisition
+            behind = 0
+        if error:
+            return ReconStatus("Error", error=error, skipped=behind)
         if live is None:
-            return ReconStatus("Idle", skipped=dropped)
+            return ReconStatus("Idle", skipped=behind)
         state = "Reconstructing" if live.projections_used else "Waiting"
-        return ReconStatus(state, live.projections_used, live.projections_skipped + dropped,
+        return ReconStatus(state, live.projections_used, live.projections_skipped + behind,
                            1e3 * live.last_update_s, live.centre)
+
+
+def _image_key(info: FrameInfo) -> int:
+    """The frame's NXtomo image key; a sender without the tomography extension sends
+    projections."""
+    return info.image_key if info.tomo else ImageKey.PROJECTION
