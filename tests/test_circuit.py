@@ -1,20 +1,27 @@
-"""The IOC's circuits send a message in pieces (decision 14): the bytes on the wire are the
-message's, in order, in pieces of at most PIECE_BYTES; a piece inside one large buffer is a
-slice of it (no copy), and the circuit itself writes that way. A large image and control puts
-through a real IOC: test_preview_waveform.
+"""The IOC's circuits (decision 14): a message goes out in pieces — the bytes on the wire are
+the message's, in order, in pieces of at most PIECE_BYTES, a piece inside one large buffer a
+slice of it (no copy); a put is answered after the monitor updates it caused, without
+Nagle's wait. A large image and control puts through a real IOC: test_preview_waveform.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import epics
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pimega.iocs.circuit import PIECE_BYTES, PacedCircuit, pieces
+from pimega.iocs.circuit import PIECE_BYTES, PacedCircuit, PacedContext, pieces
+
+from .tinyioc import Camera
 
 
 @given(st.lists(st.binary(max_size=300), max_size=12), st.integers(1, 257))
@@ -61,3 +68,66 @@ def test_the_circuit_writes_a_large_message_in_pieces():
 
 def test_small_messages_stay_one_piece():
     assert list(pieces([b"ab", bytearray(b"cd"), memoryview(b"ef")])) == [b"abcdef"]
+
+
+# --- a put's answer follows the monitor updates it caused ---------------------------------
+
+
+PREFIX = "ORDER:"
+
+
+@pytest.fixture(scope="module")
+def paced_camera() -> Iterator[PacedContext]:
+    """The tiny IOC's Camera served by `PacedContext` on a thread of this process."""
+    serving: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def serve() -> None:
+        async def ready(async_lib: Any) -> None:
+            started.set()
+
+        serving["loop"], serving["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        serving["context"] = PacedContext(Camera(prefix=PREFIX).pvdb)
+        await serving["context"].run(startup_hook=ready)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(10), "the server did not start"
+    yield serving["context"]
+    serving["loop"].call_soon_threadsafe(serving["task"].cancel)
+    thread.join(10)
+
+
+def test_a_readback_monitor_arrives_before_the_put_completes(paced_camera):
+    """pyepics answers ``get`` from its monitor cache, updated in the order messages arrive:
+    the readback must be there when the put returns (caproto alone sent it ~10 ms later)."""
+    readback = epics.PV(PREFIX + "Exposure_RBV", auto_monitor=True)
+    assert readback.wait_for_connection(10)
+    for n in range(1, 21):
+        assert epics.caput(PREFIX + "Exposure", 0.25 * n, wait=True, timeout=5) == 1
+        assert readback.get(use_monitor=True) == 0.25 * n, f"put {n}: the monitor lagged"
+
+
+def test_a_refused_put_on_a_monitoring_circuit_is_answered_and_changes_nothing(paced_camera):
+    """The refusal (an ErrorResponse) goes through the update queue too: it must arrive (libca
+    completes the put with it), not leave the client waiting for its timeout."""
+    exposure = epics.PV(PREFIX + "Exposure", auto_monitor=True)  # the circuit has monitors
+    assert exposure.wait_for_connection(10)
+    assert exposure.put(2.0, wait=True, timeout=5) == 1
+    answered = threading.Event()
+    exposure.put(-1.0, callback=lambda **_: answered.set())
+    assert answered.wait(5), "the refusal never arrived"
+    assert epics.caget(PREFIX + "Exposure_RBV", timeout=5) == 2.0
+    assert exposure.get(use_monitor=True) == 2.0
+
+
+def test_every_circuit_sends_without_nagle(paced_camera):
+    """asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP, not on those
+    caproto's listener accepts: a put's answer then waited for the client's delayed ACK of a
+    monitor update (40 ms). rsrv sets it; so does PacedCircuit."""
+    assert epics.caget(PREFIX + "Exposure", timeout=5) is not None  # a circuit to look at
+    circuits = list(paced_camera.circuits)
+    assert circuits
+    for circuit in circuits:
+        sock = circuit.client.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
