@@ -462,6 +462,10 @@ def test_cli_help(capsys):
         (["--port", "5000", "--chips", "6by6"], "ACROSSxDOWN"),
         (["--port", "5000", "--pattern", "noise"], "invalid choice"),
         (["--port", "5000", "--frames", "-1"], "negative"),
+        (["--port", "5000", "--rate", "nan"], "--rate: must be finite and ≥ 0, got nan"),
+        (["--port", "5000", "--rate", "inf"], "must be finite"),  # would crash / never pace
+        (["--port", "5000", "--rate", "-5"], "must be finite and ≥ 0"),
+        (["--port", "5000", "--connect-timeout", "inf"], "--connect-timeout: must be finite"),
     ],
 )
 def test_cli_bad_arguments_exit_with_a_message(capsys, argv, message):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import socket
 import subprocess
@@ -18,13 +17,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numba
 import numpy as np
 
 from pimega.cli import bench_gpu, bench_rdma, bench_recon
+from pimega.cli.arguments import finite
 from pimega.cli.bench_preview import bench_preview
 from pimega.cli.bench_soak import bench_soak
 from pimega.cli.bench_sustained import bench_sustained
@@ -267,18 +267,6 @@ def bench_end_to_end(module: ModuleGeometry, n_frames: int, depth: int,
                          1e3 / limit, stage.time_per_frame_ms * limit / 1e3)
 
 
-def _finite(minimum: float, inclusive: bool) -> Callable[[str], float]:
-    """An argparse type: a finite float above ``minimum`` (or equal, where ``inclusive``)."""
-    def number(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            bound = "≥" if inclusive else ">"
-            raise argparse.ArgumentTypeError(f"must be finite and {bound} {minimum:g}, "
-                                             f"got {text}")
-        return value
-    return number
-
-
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pimega bench", description=__doc__)
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
@@ -293,9 +281,9 @@ def run(argv: list[str] | None = None) -> int:
                         help="also the preview for many viewers: caproto's per-subscriber "
                              "cost, then an IOC with 0, 1, 3 viewers (rates, server CPU) and "
                              "control-PV round trips")
-    parser.add_argument("--preview-fps", type=_finite(0, False), default=100.0,
+    parser.add_argument("--preview-fps", type=finite(0, False), default=100.0,
                         help="frame rate the IOC acquires at during --preview")
-    parser.add_argument("--preview-interval", type=_finite(0, True), default=1 / 30,
+    parser.add_argument("--preview-interval", type=finite(0, True), default=1 / 30,
                         help="image1:MinCallbackTime during --preview, s (default 1/30: "
                              "the 30 Hz each viewer is to get)")
     parser.add_argument("--backend", choices=["cpu", "gpu"], default="cpu",
@@ -307,9 +295,9 @@ def run(argv: list[str] | None = None) -> int:
                         help="counter depth of --sustained")
     parser.add_argument("--compression", choices=["none", "bslz4"], default="none",
                         help="file compression of --sustained")
-    parser.add_argument("--seconds", type=_finite(0, False), default=10.0,
+    parser.add_argument("--seconds", type=finite(0, False), default=10.0,
                         help="length of each --sustained try")
-    parser.add_argument("--soak", type=_finite(0, False), metavar="SECONDS",
+    parser.add_argument("--soak", type=finite(0, False), metavar="SECONDS",
                         help="run an IOC as a beamline would for SECONDS: files, stops, 10 "
                              "preview clients, a control client; losses, memory, round trips")
     parser.add_argument("--transport", choices=["tcp", "rdma"], default="tcp",

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pimega import __version__
+from pimega.cli.arguments import finite
 from pimega.core.errors import ConfigError, PimegaError
 from pimega.core.geometry import BIT_DEPTHS, ArrayLayout, ModuleGeometry
 from pimega.ingest.rdma import PyverbsVerbs, RdmaLink
@@ -46,13 +47,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _not_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"cannot be negative, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pimega-sim",
@@ -64,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--host", default="127.0.0.1", help="receiver address (default %(default)s)")
     net.add_argument("--port", type=_ports, required=True,
                      help="receiver port, or one port per module separated by commas")
-    net.add_argument("--connect-timeout", type=_not_negative, default=10.0,
+    net.add_argument("--connect-timeout", type=finite(0, True), default=10.0,
                      help="seconds to wait for the receiver to listen (default %(default)s)")
     net.add_argument("--transport", choices=["tcp", "rdma"], default="tcp",
                      help="rdma: every module on one RDMA connection to HOST:PORT (the "
@@ -83,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="counter depth in bits (default %(default)s)")
     run = parser.add_argument_group("acquisition")
     run.add_argument("--frames", type=int, default=100, help="frames (default %(default)s)")
-    run.add_argument("--rate", type=_not_negative, default=0.0,
+    run.add_argument("--rate", type=finite(0, True), default=0.0,
                      help="frames per second, 0 = as fast as possible (default %(default)s)")
     run.add_argument("--pattern", choices=PATTERNS, default="counter",
                      help="counter (bit-exact check) or phantom (tomography scan)")
