@@ -133,9 +133,10 @@ def client(env: dict[str, str], user: str) -> ScriptProcess:
     return ScriptProcess("-c", CLIENT, env={**env, "USER": user, "LOGNAME": user})
 
 
-def tiny_ioc(mode: str, path: Path, env: dict[str, str]) -> ScriptProcess:
-    """`tests.tinyioc` serving in ``mode`` ("access", "autosave") with the file ``path``."""
-    return ScriptProcess("-m", "tests.tinyioc", mode, str(path), env=env)
+def tiny_ioc(mode: str, path: Path | None, env: dict[str, str]) -> ScriptProcess:
+    """`tests.tinyioc` serving in ``mode`` ("access", "autosave" with the file ``path``;
+    "paced")."""
+    return ScriptProcess("-m", "tests.tinyioc", mode, *([str(path)] if path else []), env=env)
 
 
 def wait_for(ask: Callable[[], object], expected: object, timeout: float = 10.0) -> None:

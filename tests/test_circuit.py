@@ -7,21 +7,25 @@ Nagle's wait. A large image and control puts through a real IOC: test_preview_wa
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import caproto as ca
 import epics
 import numpy as np
 import pytest
+from caproto.asyncio.utils import _TransportWrapper
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pimega.iocs.circuit import PIECE_BYTES, PacedCircuit, PacedContext, pieces
+from pimega.iocs.circuit import PIECE_BYTES, PacedCircuit, pieces
 
-from .tinyioc import Camera
+from .caprocess import tiny_ioc
+from .tinyioc import PACED_PREFIX as PREFIX
 
 
 @given(st.lists(st.binary(max_size=300), max_size=12), st.integers(1, 257))
@@ -73,29 +77,13 @@ def test_small_messages_stay_one_piece():
 # --- a put's answer follows the monitor updates it caused ---------------------------------
 
 
-PREFIX = "ORDER:"
-
-
 @pytest.fixture(scope="module")
-def paced_camera() -> Iterator[PacedContext]:
-    """The tiny IOC's Camera served by `PacedContext` on a thread of this process."""
-    serving: dict[str, Any] = {}
-    started = threading.Event()
-
-    async def serve() -> None:
-        async def ready(async_lib: Any) -> None:
-            started.set()
-
-        serving["loop"], serving["task"] = asyncio.get_running_loop(), asyncio.current_task()
-        serving["context"] = PacedContext(Camera(prefix=PREFIX).pvdb)
-        await serving["context"].run(startup_hook=ready)
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(10), "the server did not start"
-    yield serving["context"]
-    serving["loop"].call_soon_threadsafe(serving["task"].cancel)
-    thread.join(10)
+def paced_camera() -> Iterator[None]:
+    """The tiny IOC's Camera served by `PacedContext` in a process of its own (an in-process
+    server left its sockets behind: the next IOC's search requests went to them)."""
+    with tiny_ioc("paced", None, dict(os.environ)) as server:
+        server.expect("ready")
+        yield
 
 
 def test_a_readback_monitor_arrives_before_the_put_completes(paced_camera):
@@ -121,13 +109,27 @@ def test_a_refused_put_on_a_monitoring_circuit_is_answered_and_changes_nothing(p
     assert exposure.get(use_monitor=True) == 2.0
 
 
-def test_every_circuit_sends_without_nagle(paced_camera):
-    """asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP, not on those
-    caproto's listener accepts: a put's answer then waited for the client's delayed ACK of a
-    monitor update (40 ms). rsrv sets it; so does PacedCircuit."""
-    assert epics.caget(PREFIX + "Exposure", timeout=5) is not None  # a circuit to look at
-    circuits = list(paced_camera.circuits)
-    assert circuits
-    for circuit in circuits:
-        sock = circuit.client.writer.get_extra_info("socket")
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+def test_every_circuit_sends_without_nagle():
+    """asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP, not on those a
+    listener like caproto's accepts: a put's answer then waited for the client's delayed ACK
+    of a monitor update (40 ms). rsrv sets it; so does PacedCircuit, on an accepted socket."""
+    async def accepted_circuit_nodelay() -> int:
+        accepted: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+        listener = socket.create_server(("127.0.0.1", 0))  # proto 0, as caproto's
+        server = await asyncio.start_server(lambda *pair: accepted.set_result(pair),
+                                            sock=listener)
+        _, client = await asyncio.open_connection(*listener.getsockname())
+        reader, writer = await accepted
+        try:
+            sock = writer.get_extra_info("socket")
+            PacedCircuit(ca.VirtualCircuit(ca.SERVER, sock.getpeername(), None),
+                         _TransportWrapper(reader, writer), SimpleNamespace())
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            for stream in (writer, client):
+                stream.close()
+                await stream.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_circuit_nodelay())

@@ -1,6 +1,6 @@
-"""A tiny caproto IOC for the access security and autosave tests, in the test process or as
-a server: ``python -m tests.tinyioc access FILE.acf`` or ``... autosave SAVE.json`` (prints
-``ready`` once it serves)."""
+"""A tiny caproto IOC for the access security, autosave and circuit tests, in the test process
+or as a server: ``python -m tests.tinyioc access FILE.acf``, ``... autosave SAVE.json`` or
+``... paced`` (prints ``ready`` once it serves)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from caproto.server import PVGroup, PvpropertyEnum, PvpropertyString, pvproperty
 
 from pimega.iocs.access import AccessContext, AccessGroup, AccessPolicy, GroupMap
 from pimega.iocs.autosave import Autosave
+from pimega.iocs.circuit import PacedContext
 
 PREFIX = "T:"
+#: The prefix of the paced server (a test process's pyepics keeps channels of a stopped one).
+PACED_PREFIX = "PACED:"
 #: The PVs the autosave server saves (not Frames).
 SAVED = [PREFIX + "Exposure", PREFIX + "Mode", PREFIX + "FileName"]
 
@@ -56,6 +59,11 @@ async def serve_access(acf: str) -> None:
         startup_hook=ready)
 
 
+async def serve_paced() -> None:
+    """Camera under `PACED_PREFIX`, served by the IOC's `PacedContext`."""
+    await PacedContext(Camera(prefix=PACED_PREFIX).pvdb).run(startup_hook=ready)
+
+
 def serve_autosave(path: str) -> None:
     """Camera with `SAVED` restored at start and saved on change; SIGTERM ends it as it
     ends pimega-ioc."""
@@ -75,5 +83,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     if sys.argv[1] == "access":
         asyncio.run(serve_access(sys.argv[2]))
+    elif sys.argv[1] == "paced":
+        asyncio.run(serve_paced())
     else:
         serve_autosave(sys.argv[2])
