@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from caproto.server import PVGroup, SubGroup, pvproperty
@@ -99,21 +100,24 @@ class PimegaIOC(PVGroup):
         await self.stats.post_array_geometry(await self.roi.publish_region(), node.image_dtype)
 
     async def publish(self) -> None:
-        """Refresh every group from one node status."""
+        """Refresh every group from one node status, letting the loop in between (a put
+        waits for one group's refresh, not for all of them: ~1.4 ms in one go)."""
         node = self.node
         status = node.status()
-        await self.publish_geometry()
-        await self.cam.publish_status(status)
-        await self.pipe.publish(status)
-        await self.proc.publish_process(status)
-        await self.stats.publish_stats(node.latest_stats())
-        stats = next((s for s in status.stages if s.name == "stats"), None)
         latest = node.latest_stats()
+        stats = next((s for s in status.stages if s.name == "stats"), None)
+        refreshes: list[Callable[[], Awaitable[Any]]] = [
+            self.publish_geometry, partial(self.cam.publish_status, status),
+            partial(self.pipe.publish, status), partial(self.proc.publish_process, status),
+            partial(self.stats.publish_stats, latest)]
         if stats is not None and latest is not None:
-            for group in (self.roi, self.stats):  # ROI1 feeds Stats1 the frames it processes
-                await group.publish_arrays(stats.total, stats.skipped, latest[0])
-        await self.recon.publish(self.pva)
-        await self.hdf.publish_capture(status)
+            refreshes += [partial(group.publish_arrays, stats.total, stats.skipped, latest[0])
+                          for group in (self.roi, self.stats)]  # ROI1 feeds Stats1
+        refreshes += [partial(self.recon.publish, self.pva),
+                      partial(self.hdf.publish_capture, status)]
+        for refresh in refreshes:
+            await refresh()
+            await asyncio.sleep(0)
 
 
 def ioc_class(n_modules: int, width: int | None = None,
