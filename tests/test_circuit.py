@@ -7,10 +7,12 @@ Nagle's wait. A large image and control puts through a real IOC: test_preview_wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,27 +111,69 @@ def test_a_refused_put_on_a_monitoring_circuit_is_answered_and_changes_nothing(p
     assert exposure.get(use_monitor=True) == 2.0
 
 
+@asynccontextmanager
+async def accepted_circuit() -> AsyncIterator[tuple[PacedCircuit, asyncio.StreamReader]]:
+    """A `PacedCircuit` on a socket accepted from a listener made as caproto makes its
+    (proto 0), and the client's end of the connection."""
+    accepted: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = await asyncio.start_server(lambda *pair: accepted.set_result(pair), sock=listener)
+    client_reader, client = await asyncio.open_connection(*listener.getsockname())
+    reader, writer = await accepted
+    try:
+        peer = writer.get_extra_info("socket").getpeername()
+        yield (PacedCircuit(ca.VirtualCircuit(ca.SERVER, peer, None),
+                            _TransportWrapper(reader, writer), SimpleNamespace()), client_reader)
+    finally:
+        for stream in (writer, client):
+            stream.close()
+            await stream.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
 def test_every_circuit_sends_without_nagle():
     """asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP, not on those a
     listener like caproto's accepts: a put's answer then waited for the client's delayed ACK
-    of a monitor update (40 ms). rsrv sets it; so does PacedCircuit, on an accepted socket."""
-    async def accepted_circuit_nodelay() -> int:
-        accepted: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
-        listener = socket.create_server(("127.0.0.1", 0))  # proto 0, as caproto's
-        server = await asyncio.start_server(lambda *pair: accepted.set_result(pair),
-                                            sock=listener)
-        _, client = await asyncio.open_connection(*listener.getsockname())
-        reader, writer = await accepted
-        try:
-            sock = writer.get_extra_info("socket")
-            PacedCircuit(ca.VirtualCircuit(ca.SERVER, sock.getpeername(), None),
-                         _TransportWrapper(reader, writer), SimpleNamespace())
+    of a monitor update (40 ms). rsrv sets it; so does PacedCircuit."""
+    async def nodelay() -> int:
+        async with accepted_circuit() as (circuit, _):
+            sock = circuit.client.writer.get_extra_info("socket")
             return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        finally:
-            for stream in (writer, client):
-                stream.close()
-                await stream.wait_closed()
-            server.close()
-            await server.wait_closed()
 
-    assert asyncio.run(accepted_circuit_nodelay())
+    assert asyncio.run(nodelay())
+
+
+def test_an_answer_follows_its_updates_even_when_a_slow_client_loses_them():
+    """Driving the circuit as caproto's update task does: an answer waits for the two updates
+    queued before it; when caproto empties the queue (a client far behind), the batch in hand
+    is the last before the answer, which must not wait for the update dropped."""
+    async def wire() -> list[type]:
+        async with accepted_circuit() as (circuit, client_reader):
+            hello = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 0), 0).send(
+                ca.VersionRequest(priority=0, version=13), ca.HostNameRequest("test"),
+                ca.ClientNameRequest("test"))
+            for command in circuit.circuit.recv(b"".join(hello))[0]:
+                circuit.circuit.process_command(command)  # the server may send now
+            circuit._sub_task = asyncio.current_task()  # this test is the update task
+            for _ in range(2):
+                circuit.subscription_queue.put_nowait(lambda: ca.VersionResponse(13))
+            await circuit.answer_after_queued(ca.EchoResponse())  # stands in for an answer
+            first = await circuit.get_from_sub_queue(timeout=0.01)
+            circuit.subscription_queue.clear()  # caproto: "dropping all queued responses"
+            await circuit.send(first())
+            return await read_commands(client_reader, 2)
+
+    assert asyncio.run(wire()) == [ca.VersionResponse, ca.EchoResponse]
+
+
+async def read_commands(reader: asyncio.StreamReader, count: int) -> list[type]:
+    """The types of the next ``count`` messages a client reads (or fewer after 5 s)."""
+    circuit = ca.VirtualCircuit(ca.CLIENT, ("127.0.0.1", 0), 0)
+    commands: list[type] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            while len(commands) < count:
+                received, _ = circuit.recv(await reader.read(4096))
+                commands += [type(c) for c in received]
+    return commands

@@ -179,9 +179,11 @@ class _OneIOCAtATime:
                 "values": {prefix + "cam1:CounterDepth": "24 bits"}}))
             ioc = start_ioc(prefix, directory / "ioc.log", "--sim", "--chips", "2x2",
                             "--chip-size", "16", "--autosave-dir", str(directory))
-        else:  # one module of 384² for the stalled client
+        else:  # one module of 384² for the stalled client, whose circuit's backlog of
+            # updates (caproto's default 10000) fills within the test
             ioc = start_ioc("PMSTALL:", directory / "ioc.log", "--sim", "--chips", "6x6",
-                            "--chip-size", "64", "--no-autosave")
+                            "--chip-size", "64", "--no-autosave",
+                            env={"CAPROTO_MAX_TOTAL_SUBSCRIPTION_BACKLOG": str(STALL_BACKLOG)})
         self.running = kind, ioc
         return ioc
 
@@ -189,6 +191,10 @@ class _OneIOCAtATime:
         if self.running is not None:
             stop_ioc(self.running[1])
             self.running = None
+
+
+#: Updates a circuit may have queued in the stalled-client test's IOC.
+STALL_BACKLOG = 100
 
 
 @pytest.fixture(scope="module")

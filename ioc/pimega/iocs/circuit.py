@@ -8,6 +8,12 @@ for all of them. Here a message is written in pieces of `PIECE_BYTES` (small buf
 to that size, large ones sliced without a copy), and the loop runs other tasks between two
 pieces, so a put waits for at most one piece per busy circuit. The circuit's send lock is held
 for the whole message: pieces of two messages never interleave on the wire.
+
+caproto sends monitor updates from a task of their own, through two queues (the server's,
+then the circuit's), while a put's answer goes out at once: a client that reads its monitor
+cache when the put completes (pyepics' ``caget``, ophyd's signals) could see the readback
+from before the put. Here a put's answer, on a circuit with subscriptions, joins the server's
+update queue behind the updates posted before it and goes out after them (decision 15).
 """
 
 from __future__ import annotations
@@ -50,6 +56,21 @@ def pieces(buffers: Iterable[Any], size: int = PIECE_BYTES) -> Iterator[bytes | 
         yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+class UpdateQueue(asyncio.Queue):
+    """A circuit's queue of monitor updates, bounded as caproto means it to be: when a client
+    has fallen so far behind that it is full, ``put`` raises QueueFull and caproto drops that
+    circuit's queued updates (``clear``). caproto's asyncio circuit has a plain queue, whose
+    ``put`` waits for room instead: one stalled client then held the server's update task, so
+    every client's monitors stopped and the server's own queue grew without bound."""
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def clear(self) -> None:
+        while not self.empty():
+            self.get_nowait()
+
+
 @dataclass(frozen=True, eq=False)
 class _Answer:
     """A put's answer, in the server's update queue behind the updates posted before it."""
@@ -75,6 +96,7 @@ class PacedCircuit(VirtualCircuit):
         # monitor update until the client's delayed ACK (40 ms)
         self.client.writer.get_extra_info("socket").setsockopt(
             socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.subscription_queue = UpdateQueue(ca.MAX_TOTAL_SUBSCRIPTION_BACKLOG)
         self._taken = self._done = 0
         self._waiting: deque[tuple[int, ca.Message]] = deque()  # (updates before it, answer)
 
@@ -92,7 +114,7 @@ class PacedCircuit(VirtualCircuit):
         """Send ``answer`` once the updates queued here so far are sent (the server's task)."""
         self._waiting.append((self._taken + self.subscription_queue.qsize(), answer))
         if self._taken == self._done and self.subscription_queue.empty():  # none before it
-            self.tasks.create(self._send_answers())  # the server's task sends nothing itself
+            self.tasks.create(self._send_answers(self._done))  # not on the server's task
 
     async def get_from_sub_queue(self, timeout: float | None = None) -> Any:
         """The update task's next update; None: send the batch in hand. ``timeout`` None: it
@@ -109,12 +131,15 @@ class PacedCircuit(VirtualCircuit):
         return update
 
     async def _updates_done(self) -> None:
-        """Every update taken is sent or dropped: send the answers that waited for them."""
+        """Every update taken is sent or dropped: send the answers that waited for them (all
+        of them when the queue is empty: caproto clears it when a client falls far behind)."""
         self._done = self._taken
-        await self._send_answers()
+        empty = self.subscription_queue.empty()
+        await self._send_answers(self._waiting[-1][0] if empty and self._waiting else self._done)
 
-    async def _send_answers(self) -> None:
-        while self._waiting and self._waiting[0][0] <= self._done:
+    async def _send_answers(self, due: int) -> None:
+        """Send the answers that wait for at most ``due`` updates."""
+        while self._waiting and self._waiting[0][0] <= due:
             try:
                 await VirtualCircuit.send(self, self._waiting.popleft()[1])
             except DisconnectedCircuit:  # the circuit's own tasks end it
