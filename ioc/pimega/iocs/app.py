@@ -62,8 +62,15 @@ class PimegaIOC(PVGroup):
     async def _poll(self, instance: Any, async_lib: Any) -> None:
         """Route the node's events, post start-up values, then refresh counters forever."""
         events = async_lib.ThreadsafeQueue()
-        self.node.subscribe(events.put)
         loop = asyncio.get_running_loop()
+
+        def route(event: Any) -> None:
+            """From the node's threads; once the server has stopped (the node closes after
+            it, ending an acquisition) there is no one left to tell."""
+            if loop.is_running():
+                events.put(event)
+
+        self.node.subscribe(route)
         tasks = [loop.create_task(self.completions.run(events))]
         for group in (self.cam, self.proc, self.image, self.pva_group, self.hdf, self.stats,
                       self.roi):
