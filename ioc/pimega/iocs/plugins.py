@@ -125,7 +125,7 @@ class PvaGroup(PluginGroup, PvaBase):
         pva = self.root.pva
         if pva is None or self.pv("EnableCallbacks").value != "Enable":
             return
-        # wrapping copies the image twice (~10 ms of 1536² here): off the event loop
+        # wrapping copies the image twice (1.5 ms, up to 6 ms, of 1536² here): off the loop
         await asyncio.get_running_loop().run_in_executor(
             None, pva.post, PVA_IMAGE_SUFFIX, image, unique_id,
             self.node.frame_timestamp_ns(unique_id))

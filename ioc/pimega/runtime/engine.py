@@ -197,7 +197,7 @@ class Acquisition:
         self._threads: list[threading.Thread] = []
         self._opened = False
         self.recon = LiveRecon(layout.shape)
-        self._recon_runner = self.add_consumer(self.recon, queue_size=4)
+        self.add_consumer(self.recon, queue_size=4)
         self._decode = StageTimer()
         self._rate = RateMeter()
         self._lock = threading.Lock()
