@@ -15,6 +15,7 @@ import pytest
 
 from pimega.cli import bench_rdma
 from pimega.core import bitpack, wire
+from pimega.core.errors import ConfigError
 from pimega.core.geometry import ArrayLayout, ModuleGeometry
 from pimega.ingest.counters import ModuleCounters
 from pimega.ingest.framing import FrameExpectation, IngestSink
@@ -533,6 +534,17 @@ def test_the_simulator_sends_a_phantom_scan_and_counts_overruns(rig_factory):
     assert impatient.overruns > 0 and impatient.frames_sent == 20
     sim.close()
     impatient.close()
+
+
+def test_the_simulator_refuses_a_run_out_of_range_before_it_connects():
+    links: list[Sequence[int]] = []
+    sim = RdmaSimulator(links.append, SimConfig(layout=ArrayLayout(SMALL), bit_depth=DEPTH))
+    for run, reason in (({"frame_rate_hz": -1.0}, "frame rate"),
+                        ({"frame_rate_hz": float("nan")}, "frame rate"),
+                        ({"n_frames": -2}, "negative"), ({"bit_depth": 7}, "depth")):
+        with pytest.raises(ConfigError, match=reason):
+            sim.acquire(**run)
+    assert links == [] and not sim.running
 
 
 def test_bench_measures_throughput_and_receive_cpu_on_the_loopback():

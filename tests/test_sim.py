@@ -443,6 +443,11 @@ def test_bad_configurations_are_refused():
         SimConfig(bit_depth=8)
     with pytest.raises(ConfigError, match="ports"):
         Simulator("127.0.0.1", [1, 2], SimConfig(layout=ArrayLayout.square(4)))
+    for rate in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="frame rate must be a finite number"):
+            SimConfig(frame_rate_hz=rate)
+        with pytest.raises(ConfigError, match="frame rate must be a finite number"):
+            Simulator("127.0.0.1", 1, SimConfig()).acquire(frame_rate_hz=rate)  # before connecting
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from typing import Protocol
 import numpy as np
 
 from pimega.core.errors import PimegaError
-from pimega.core.geometry import check_bit_depth
 from pimega.core.wire import FIXED_SIZE, TOMO_SIZE, Flags, FrameHeader, ImageKey
 
 from .detector import CONTINUOUS_FRAMES
@@ -91,10 +90,7 @@ class RdmaSimulator:
         """Start sending frames 0 … n_frames−1 and return at once (defaults: the config)."""
         if self.running:
             raise RuntimeError("an acquisition is already running; stop() or wait() first")
-        cfg = self.config
-        n = cfg.n_frames if n_frames is None else n_frames
-        rate = cfg.frame_rate_hz if frame_rate_hz is None else frame_rate_hz
-        depth = check_bit_depth(cfg.bit_depth if bit_depth is None else bit_depth)
+        n, rate, depth = self.config.run_settings(n_frames, frame_rate_hz, bit_depth)
         self.connect()
         self._stop = threading.Event()
         self.frames_sent = self.bytes_sent = self.overruns = 0

@@ -9,6 +9,7 @@ limited by the network and the receiver, not by packing.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import socket
 import threading
@@ -84,12 +85,22 @@ class SimConfig:
         if self.first_module and self.pattern != "counter":
             raise ConfigError("a first module other than 0 needs the counter pattern")
 
+    def run_settings(self, n_frames: int | None, frame_rate_hz: float | None,
+                     bit_depth: int | None) -> tuple[int, float, int]:
+        """An acquisition's frames, frame rate and bit depth: those given, else this config's;
+        refused (ConfigError) when out of range."""
+        n = self.n_frames if n_frames is None else n_frames
+        rate = self.frame_rate_hz if frame_rate_hz is None else frame_rate_hz
+        depth = check_bit_depth(self.bit_depth if bit_depth is None else bit_depth)
+        _check_run(n, rate)
+        return n, rate, depth
+
 
 def _check_run(n_frames: int, frame_rate_hz: float) -> None:
     if n_frames < 0:
         raise ConfigError(f"number of frames cannot be negative, got {n_frames}")
-    if frame_rate_hz < 0:
-        raise ConfigError(f"frame rate cannot be negative, got {frame_rate_hz} Hz")
+    if not math.isfinite(frame_rate_hz) or frame_rate_hz < 0:
+        raise ConfigError(f"frame rate must be a finite number ≥ 0, got {frame_rate_hz} Hz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,10 +215,7 @@ class Simulator:
         if self.running:
             raise RuntimeError("an acquisition is already running; stop() or wait() first")
         cfg = self.config
-        n = cfg.n_frames if n_frames is None else n_frames
-        rate = cfg.frame_rate_hz if frame_rate_hz is None else frame_rate_hz
-        depth = check_bit_depth(cfg.bit_depth if bit_depth is None else bit_depth)
-        _check_run(n, rate)
+        n, rate, depth = cfg.run_settings(n_frames, frame_rate_hz, bit_depth)
         if triggered and not rate:
             raise ConfigError("a triggered acquisition needs an exposure (frame rate > 0)")
         self.connect()
