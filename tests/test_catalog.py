@@ -335,7 +335,7 @@ def test_subclass_overrides_a_generated_putter() -> None:
 
     asyncio.run(scenario())
     assert calls == ["Acquire"]
-    assert busy_group.pv("Acquire").fields["RTYP"].value == "busy"
+    assert busy_group.pv("Acquire").get_field("RTYP").value == "busy"
     assert value_of(busy_group, "Acquire_RBV") == "Done"
     assert value_of(plain_group, "Acquire_RBV") == "Acquiring"  # the base keeps its putter
 

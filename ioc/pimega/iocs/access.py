@@ -43,13 +43,14 @@ from typing import Any, NamedTuple
 
 import caproto as ca
 from caproto import AccessRights, ChannelData, Forbidden
-from caproto.server import PVGroup, PvpropertyCharRO, pvproperty
+from caproto.server import PvpropertyCharRO, pvproperty
 from caproto.server.common import DisconnectedCircuit
 
 from pimega.core.errors import ConfigError
 
 from .circuit import PacedContext
 from .factory import CheckedInteger
+from .record_fields import LazyFieldsGroup
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,8 @@ class AccessContext(PacedContext):
     name, PV ``name`` (record fields: their record's name) in group ``group_of(name)``.
 
     The checks go on a ChannelData the first time a client names it: wrapping all of them
-    up front costs ~2.5 kB each, and this IOC has ~58k (PVs and record fields). On SIGHUP and
+    up front costs ~2.5 kB each, and a record field exists only once named
+    (`record_fields`). On SIGHUP and
     after any `AccessPolicy.reload`, connected clients get their new rights. Create it in
     the event loop that runs it (caproto's rule).
     """
@@ -524,7 +526,7 @@ class _Guard:
 NO_POLICY = "no access security file: every client may write"
 
 
-class AccessGroup(PVGroup):
+class AccessGroup(LazyFieldsGroup):
     """``Reload`` (write 1: read the access security file again; a failed reload fails the
     put) and ``Status_RBV`` (the rules in force, or why the last reload failed). Set
     ``policy`` before the server starts."""

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
-from caproto.server import PVGroup, SubGroup, pvproperty
+from caproto.server import SubGroup, pvproperty
 
 from pimega.core.geometry import ArrayLayout
 from pimega.runtime import MAX_SLICES, NODE_STAGES, NodeControl
@@ -24,6 +24,7 @@ from .plugins import HDF5Group, PvaGroup, ROIGroup, StatsGroup
 from .proc_group import ProcessGroup
 from .pva import PVA_IMAGE_SUFFIX, PvaImages
 from .recon_group import ReconGroup, recon_group_class, slice_image_suffix
+from .record_fields import LazyFieldsGroup
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.1
 
 
-class PimegaIOC(PVGroup):
+class PimegaIOC(LazyFieldsGroup):
     """π-MEGA back-end: ``cam1:``, ``Proc1:``, ``image1:``, ``Pva1:``, ``HDF1:``,
     ``Stats1:`` (with ``Stats1:TS:``), ``ROI1:``, ``Pipe:``.
 

@@ -60,6 +60,8 @@ from caproto.server.typing import Putter
 
 from pimega.iocs.catalog import PVSpec
 
+from .record_fields import LazyFieldsGroup, LazyRecordFields
+
 _DTYPES = {
     "ENUM": ChannelType.ENUM,
     "DOUBLE": ChannelType.DOUBLE,
@@ -82,7 +84,7 @@ if "busy" not in get_record_registry():
     register_record(BusyFields)
 
 
-class TextData(PvpropertyChar):
+class TextData(LazyRecordFields, PvpropertyChar):
     """A writable CHAR waveform holding a string. A client's empty string (all zero bytes,
     as ophyd-async writes ``XMLFileName=""``) is taken as "": caproto 1.3 refuses it."""
 
@@ -139,11 +141,11 @@ class _RawValueCheck:
         raise ValueError(reason)
 
 
-class CheckedInteger(_RawValueCheck, PvpropertyInteger):
+class CheckedInteger(_RawValueCheck, LazyRecordFields, PvpropertyInteger):
     """A LONG/SHORT setpoint that refuses values it cannot hold (see :class:`_RawValueCheck`)."""
 
 
-class CheckedEnum(_RawValueCheck, PvpropertyEnum):
+class CheckedEnum(_RawValueCheck, LazyRecordFields, PvpropertyEnum):  # pyright: ignore[reportIncompatibleMethodOverride] - write_metadata resolves to ChannelEnum's
     """An enum setpoint that refuses non-finite or fractional states."""
 
 
@@ -151,7 +153,7 @@ _INT32_MAX = 2**31 - 1
 _INT32_MIN = -(2**31)
 
 
-class CatalogGroup(PVGroup):
+class CatalogGroup(LazyFieldsGroup):
     """Base of the generated groups: catalog lookup, put hooks and server-side posting."""
 
     specs: ClassVar[Mapping[str, PVSpec]] = types.MappingProxyType({})

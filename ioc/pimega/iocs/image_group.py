@@ -42,6 +42,7 @@ from .catalog import IMAGE_STACK
 from .factory import make_group, on_put
 from .pimega_specs import PIMEGA_IMAGE
 from .plugins import PluginGroup
+from .record_fields import LazyRecordFields
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class WireArray(bytes):
         return f"WireArray({len(self)} x {self.dtype.str})"
 
 
-class PreviewWaveform(PvpropertyIntegerRO):
+class PreviewWaveform(LazyRecordFields, PvpropertyIntegerRO):
     """ArrayData: a read-only integer waveform whose element type (SHORT or LONG) is set once,
     before the server starts (:meth:`set_type`), and whose images, posted with
     :meth:`post_image`, are sent as their :class:`WireArray` to every reader."""
@@ -245,7 +246,7 @@ class ImageGroup(PluginGroup, ImageBase):
         await super().startup()
         node = self.node
         await self.post_array_geometry(node.preview_shape, node.image_dtype)
-        fields: Any = self.waveform.field_inst
+        fields: Any = self.waveform.record_fields()
         await fields.field_type_of_value.write(self.waveform_type)
 
     async def publish_preview(self) -> None:
