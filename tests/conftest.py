@@ -43,8 +43,10 @@ def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0,
               ) -> RunningIOC:
     """Start ``pimega-ioc`` (or the IOC command of ``module``, e.g. ``pimega.cli.array``), its
     environment this process's updated with ``env``, and wait until its heartbeat PV answers
-    (searched where this process's ``EPICS_CA_ADDR_LIST`` says)."""
-    from caproto.threading.client import Context
+    (searched where this process's ``EPICS_CA_ADDR_LIST`` says). Each try is a search of its
+    own: a client context's repeated searches back off, and found the IOC ~10 s after it
+    started answering."""
+    from caproto.sync.client import read
 
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_ioc
     if "--no-autosave" not in extra and "--autosave-dir" not in extra:
@@ -54,24 +56,20 @@ def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0,
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     ioc = RunningIOC(prefix, process, log_path, log)
-    context = Context()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"IOC exited with {process.returncode}:\n{ioc.log()}")
-            (pv,) = context.get_pvs(f"{prefix}Heartbeat_RBV", timeout=1.0)
             try:
-                if pv.read(timeout=1.0).data[0] > 0:
+                if read(f"{prefix}Heartbeat_RBV", timeout=0.5, repeater=False).data[0] > 0:
                     return ioc
-            except TimeoutError:
-                pass
+            except (TimeoutError, ConnectionError):
+                time.sleep(0.1)
         raise RuntimeError(f"IOC did not answer within {timeout} s:\n{ioc.log()}")
     except BaseException:
         stop_ioc(ioc)
         raise
-    finally:
-        context.disconnect()
 
 
 def stop_ioc(ioc: RunningIOC) -> None:
