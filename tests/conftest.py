@@ -43,10 +43,11 @@ def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0,
               ) -> RunningIOC:
     """Start ``pimega-ioc`` (or the IOC command of ``module``, e.g. ``pimega.cli.array``), its
     environment this process's updated with ``env``, and wait until its heartbeat PV answers
-    (searched where this process's ``EPICS_CA_ADDR_LIST`` says). Each try is a search of its
-    own: a client context's repeated searches back off, and found the IOC ~10 s after it
-    started answering."""
-    from caproto.sync.client import read
+    (searched where this process's ``EPICS_CA_ADDR_LIST`` says). The search is sent again
+    after each unanswered try: left to itself, caproto's client backs off and found the IOC
+    ~10 s after it first answered. One client context, so one UDP socket: a new one a try
+    could take the port a node of the array tests was told to bind."""
+    from caproto.threading.client import Context
 
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_ioc
     if "--no-autosave" not in extra and "--autosave-dir" not in extra:
@@ -56,20 +57,24 @@ def start_ioc(prefix: str, log_path: Path, *extra: str, timeout: float = 60.0,
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     ioc = RunningIOC(prefix, process, log_path, log)
+    context = Context()
     deadline = time.monotonic() + timeout
     try:
+        (pv,) = context.get_pvs(f"{prefix}Heartbeat_RBV", timeout=0.5)
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"IOC exited with {process.returncode}:\n{ioc.log()}")
             try:
-                if read(f"{prefix}Heartbeat_RBV", timeout=0.5, repeater=False).data[0] > 0:
+                if pv.read(timeout=0.5).data[0] > 0:
                     return ioc
-            except (TimeoutError, ConnectionError):
-                time.sleep(0.1)
+            except TimeoutError:
+                context.broadcaster.search_now()
         raise RuntimeError(f"IOC did not answer within {timeout} s:\n{ioc.log()}")
     except BaseException:
         stop_ioc(ioc)
         raise
+    finally:
+        context.disconnect()
 
 
 def stop_ioc(ioc: RunningIOC) -> None:
