@@ -6,7 +6,8 @@ import asyncio
 
 from caproto.server import pvproperty
 
-from pimega.iocs.record_fields import LazyFieldsGroup
+from pimega.iocs.app import ioc_class
+from pimega.iocs.record_fields import LazyFieldsGroup, LazyRecordFields
 
 
 class Records(LazyFieldsGroup):
@@ -60,3 +61,17 @@ def test_a_pvproperty_that_customises_its_fields_keeps_them() -> None:
         return processed.value
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_every_pv_of_the_ioc_builds_its_fields_on_demand() -> None:
+    """A group or data class added without the mixin would bring back the eager fields."""
+
+    def groups(cls: type) -> list[type]:
+        return [cls, *(group for sub in cls._subgroups_.values() if sub.group_cls is not None
+                       for group in groups(sub.group_cls))]
+
+    eager = [f"{group.__name__}.{attr}" for group in groups(ioc_class(2))
+             for attr, prop in group._pvs_.items()
+             if "." not in attr and prop.pvspec.record and not prop.pvspec.fields
+             and not issubclass(prop.pvspec.get_data_class(group), LazyRecordFields)]
+    assert eager == []

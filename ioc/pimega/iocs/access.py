@@ -50,7 +50,7 @@ from pimega.core.errors import ConfigError
 
 from .circuit import PacedContext
 from .factory import CheckedInteger
-from .record_fields import LazyFieldsGroup
+from .record_fields import LazyFieldsGroup, lazy_class
 
 log = logging.getLogger(__name__)
 
@@ -563,8 +563,8 @@ class AccessGroup(LazyFieldsGroup):
                         dtype=CheckedInteger,  # NaN or 1e12 refused, not cast to some LONG
                         put=_put_reload,  # pyright: ignore[reportArgumentType]
                         doc="Write 1: read the access security file again")
-    status = pvproperty(value="", name="Status_RBV", dtype=PvpropertyCharRO, max_length=256,
-                        record="waveform",
+    status = pvproperty(value="", name="Status_RBV", dtype=lazy_class(PvpropertyCharRO),
+                        max_length=256, record="waveform",
                         read_only=True,
                         startup=_start,  # pyright: ignore[reportArgumentType]
                         doc="Access security rules in force, or why a reload failed")
