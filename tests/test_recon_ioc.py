@@ -93,7 +93,9 @@ def test_recon_pvs_follow_a_scan_and_match_pimega_recon_of_its_file(phantom_ioc,
     with h5py.File(output, "r") as f:
         offline = f["/entry/data/data"][0]
     assert np.abs(offline).max() > 0.1  # a real slice, not zeros
-    if skipped == 0:  # the same projections: the same slice
+    # every frame the reconstruction was too far behind to take, darks and flats included (a
+    # missed dark or flat is no skipped projection, but it thins the references)
+    if epics.caget(p + "Pipe:Recon:Dropped_RBV") == 0:  # the same frames: the same slice
         np.testing.assert_allclose(live, offline, rtol=1e-4, atol=1e-5 * np.abs(offline).max())
     else:  # a few of 180 missing leave streaks: within 10 % (5.4 % seen with 3 missing)
         assert np.linalg.norm(live - offline) < 0.10 * np.linalg.norm(offline)
