@@ -63,6 +63,7 @@ def restore(path: Path) -> Camera:
             await asyncio.wait_for(autosave.run(), 0.1)
 
     asyncio.run(start_and_run_briefly())
+    autosave.close()
     return camera
 
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import epics
@@ -89,6 +90,50 @@ def test_sigterm_while_acquiring_closes_the_file_and_logs_no_error(ioc_to_kill, 
         assert f["/entry/data/data"].shape[0] >= reported > 0
     logged = ioc_to_kill.log()
     assert "ERROR pimega" not in logged and "never awaited" not in logged, logged
+
+
+#: A sitecustomize for the IOC: every fsync hangs (a disk stalled under writeback), after
+#: leaving the marker file its environment names.
+STALLED_FSYNC = """
+import os, time
+def fsync(fd):
+    open(os.environ["PIMEGA_TEST_FSYNC_MARKER"], "w").close()
+    time.sleep(3600)
+os.fsync = fsync
+"""
+
+
+def test_a_settings_save_stuck_on_the_disk_does_not_keep_sigterm_from_closing_the_data_file(
+        tmp_path):
+    """docker stop while the settings' fsync hangs (met in a fresh-clone run: stopping took
+    over 10 s, then SIGKILL): the data file is closed at once, the save left to finish."""
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    (stall / "sitecustomize.py").write_text(STALLED_FSYNC)
+    marker = tmp_path / "fsync-entered"
+    ioc = start_ioc("PMSTALL:", tmp_path / "ioc.log", *ARGS, "--autosave-dir",
+                    str(tmp_path / "state"),
+                    env={"PYTHONPATH": str(stall), "PIMEGA_TEST_FSYNC_MARKER": str(marker)})
+    try:
+        filename, reported = capture_then_kill(ioc.prefix, tmp_path, "Off")
+        deadline = time.monotonic() + 20
+        while not marker.exists():  # a settings save is under way, stuck in its fsync
+            assert time.monotonic() < deadline, "no settings save began"
+            time.sleep(0.05)
+        ioc.process.terminate()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with h5py.File(filename, "r") as f:
+                    assert f["/entry/data/data"].shape[0] >= reported > 0
+                break
+            except OSError:  # still open for writing
+                assert time.monotonic() < deadline, "the data file was not closed"
+                time.sleep(0.1)
+    finally:
+        ioc.process.kill()
+        ioc.process.wait()
+        ioc.log_file.close()
 
 
 def test_without_swmr_the_file_is_marked_and_the_next_start_does_not_overwrite_it(

@@ -76,7 +76,10 @@ def serve_autosave(path: str) -> None:
         await autosave.run()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    run(camera.pvdb, startup_hook=startup)
+    try:
+        run(camera.pvdb, startup_hook=startup)
+    finally:
+        autosave.close()
 
 
 if __name__ == "__main__":

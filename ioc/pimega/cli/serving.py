@@ -102,7 +102,7 @@ def run(prog: str, args: argparse.Namespace, group_class: type[PimegaIOC],
     except (PimegaError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
-    pva = None
+    pva = autosave = None
     try:
         if not args.no_autosave:
             restore_counter_depth(node, args.prefix, args.autosave_dir)
@@ -112,8 +112,8 @@ def run(prog: str, args: argparse.Namespace, group_class: type[PimegaIOC],
         log.info("files only under %s", ", ".join(roots))
         ioc.access.policy = policy
         if not args.no_autosave:
-            ioc.autosave = autosave_for(ioc, args.prefix, args.autosave_dir,
-                                        node.layout.n_modules)
+            ioc.autosave = autosave = autosave_for(ioc, args.prefix, args.autosave_dir,
+                                                   node.layout.n_modules)
         ioc.pva = pva = pva_images(args.prefix, pva_suffixes())
         print_welcome(args.prefix, node.layout.shape, source(node))
         # SIGTERM (docker stop, systemd) ends like Ctrl-C: the open files get closed
@@ -127,7 +127,9 @@ def run(prog: str, args: argparse.Namespace, group_class: type[PimegaIOC],
     finally:
         if pva is not None:
             pva.close()
-        node.close()
+        node.close()  # the data file first: the last settings save may wait on the disk
+        if autosave is not None:
+            autosave.close()
     return 0
 
 

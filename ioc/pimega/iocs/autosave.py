@@ -3,7 +3,8 @@
 `Autosave` keeps a list of setpoint PVs (from synApps-style request files, see
 `request_pvs`) in one JSON file: ``restore()`` at start writes the saved values through
 each PV's put path (so the IOC validates and applies them as a client put), and ``run()``
-saves, at most once per second, whenever one of them changed, and once more on the way out.
+saves, at most once per second, whenever one of them changed, and once more on the way out
+(``close()`` waits for that one, after the IOC has closed its data file).
 The file is replaced atomically (temporary file, fsync, rename, fsync of the directory), so
 a crash leaves the previous save or the new one, never half of one. Its header names the
 format, its version and the IOC's prefix: a file that is corrupt or another IOC's is
@@ -25,8 +26,8 @@ import math
 import os
 import posixpath
 import re
-import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,8 @@ class Autosave:
         self.interval = interval
         self._saved: dict[str, Any] | None = None  # the values in the file, once known
         self._error = ""  # the last failure to save, reported once
-        self._writing = threading.Lock()  # the last save on the way out waits for one under way
+        # one thread: saves follow one another (the last on the way out after one under way)
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="autosave")
 
     def values(self) -> dict[str, Any]:
         """The current value of each saved PV, as the file holds it."""
@@ -174,23 +176,29 @@ class Autosave:
 
     async def run(self) -> None:
         """Save whenever a value changed, at most once per ``interval``, until cancelled;
-        then once more."""
+        then once more. Saves run on a thread of their own, and the last one is not waited
+        for here (`close` waits for it): on the way out, a disk slow to fsync must not hold
+        back the closing of the data file."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 await asyncio.sleep(self.interval)
                 values = self.values()
                 if values != self._saved:
-                    await asyncio.to_thread(self._save, values)
+                    await loop.run_in_executor(self._saver, self._save, values)
         finally:
             if (values := self.values()) != self._saved:
-                self._save(values)
+                self._saver.submit(self._save, values)
+
+    def close(self) -> None:
+        """Wait for the saves under way or queued (the last one on the way out)."""
+        self._saver.shutdown(wait=True)
 
     def _save(self, values: dict[str, Any]) -> None:
         document = {"format": FORMAT, "version": VERSION, "prefix": self.prefix,
                     "saved": datetime.now(UTC).isoformat(timespec="seconds"), "values": values}
         try:
-            with self._writing:
-                _write_atomically(self.path, json.dumps(document, indent=1) + "\n")
+            _write_atomically(self.path, json.dumps(document, indent=1) + "\n")
         except (OSError, TypeError, ValueError) as exc:
             if str(exc) != self._error:  # once per distinct failure, not every second
                 log.error("autosave: cannot save settings to %s: %s", self.path, exc)
