@@ -111,7 +111,7 @@ def test_a_settings_save_stuck_on_the_disk_does_not_keep_sigterm_from_closing_th
     stall.mkdir()
     (stall / "sitecustomize.py").write_text(STALLED_FSYNC)
     marker = tmp_path / "fsync-entered"
-    ioc = start_ioc("PMSTALL:", tmp_path / "ioc.log", *ARGS, "--autosave-dir",
+    ioc = start_ioc("PMFSYNC:", tmp_path / "ioc.log", *ARGS, "--autosave-dir",
                     str(tmp_path / "state"),
                     env={"PYTHONPATH": str(stall), "PIMEGA_TEST_FSYNC_MARKER": str(marker)})
     try:
